@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Convert between nbdev notebooks and percent-format scripts (an authoring aid; notebooks are the source).
+
+    python tools/nbpy.py to-nb  src.py  nbs/NN_topic.ipynb   # write a clean notebook (no outputs)
+    python tools/nbpy.py to-py  nbs/NN_topic.ipynb  out.py   # the reverse, for editing
+
+Cell markers: `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines start with `# ` (or `#`).
+"""
+import json, sys
+from pathlib import Path
+
+def py2cells(text):
+    cells, kind, buf = [], None, []
+    def flush():
+        if kind is None: return
+        lines = buf[:]
+        while lines and not lines[-1].strip(): lines.pop()
+        while lines and not lines[0].strip(): lines.pop(0)
+        if kind == 'markdown': lines = [l[2:] if l.startswith('# ') else l[1:] if l.startswith('#') else l for l in lines]
+        if lines or kind == 'code': cells.append((kind, '\n'.join(lines)))
+    for line in text.splitlines():
+        if line.startswith('# %%'):
+            flush(); buf = []
+            kind = 'markdown' if '[markdown]' in line else 'code'
+        else:
+            if kind is None: kind = 'code'
+            buf.append(line)
+    flush()
+    return [c for c in cells if c[1].strip()]
+
+def to_nb(src, dst):
+    cells = []
+    for kind, text in py2cells(Path(src).read_text()):
+        lines = text.splitlines(keepends=True)
+        c = {'cell_type': kind, 'metadata': {}, 'source': lines}
+        if kind == 'code': c.update(execution_count=None, outputs=[])
+        cells.append(c)
+    nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
+          'nbformat': 4, 'nbformat_minor': 5}
+    Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+
+def to_py(src, dst):
+    nb = json.loads(Path(src).read_text())
+    out = []
+    for c in nb['cells']:
+        text = ''.join(c['source'])
+        if c['cell_type'] == 'markdown':
+            out.append('# %% [markdown]\n' + '\n'.join(('# ' + l) if l else '#' for l in text.splitlines()))
+        else: out.append('# %%\n' + text)
+    Path(dst).write_text('\n\n'.join(out) + '\n')
+
+if __name__ == '__main__':
+    cmd, src, dst = sys.argv[1:4]
+    {'to-nb': to_nb, 'to-py': to_py}[cmd](src, dst)
