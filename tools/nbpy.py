@@ -6,7 +6,7 @@
 
 Cell markers: `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines start with `# ` (or `#`).
 """
-import json, sys
+import hashlib, json, sys
 from pathlib import Path
 
 def py2cells(text):
@@ -29,10 +29,13 @@ def py2cells(text):
     return [c for c in cells if c[1].strip()]
 
 def to_nb(src, dst):
-    cells = []
-    for kind, text in py2cells(Path(src).read_text()):
+    cells, seen = [], set()
+    for i, (kind, text) in enumerate(py2cells(Path(src).read_text())):
         lines = text.splitlines(keepends=True)
-        c = {'cell_type': kind, 'metadata': {}, 'source': lines}
+        cid = hashlib.sha1(f'{Path(dst).name}\x1f{text}'.encode()).hexdigest()[:8]   # stable across re-conversions
+        while cid in seen: cid = hashlib.sha1(cid.encode()).hexdigest()[:8]
+        seen.add(cid)
+        c = {'cell_type': kind, 'id': cid, 'metadata': {}, 'source': lines}
         if kind == 'code': c.update(execution_count=None, outputs=[])
         cells.append(c)
     nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
