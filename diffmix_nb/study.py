@@ -20,8 +20,10 @@ from .core import ASSETS_DIR, atomic_write, derive_seed, get_preset, load_json, 
 from .data import FMNIST_ROOT, fmnist_arrays
 
 # %% auto #0
-__all__ = ['ORACLE_PATH', 'OracleNet', 'to_oracle_input', 'train_oracle', 'oracle_predict', 'load_oracle', 'vendi_score',
-           'score_images']
+__all__ = ['ORACLE_PATH', 'STUDY_METHODS', 'SETTINGS', 'P_DIFFMIX', 'OracleNet', 'to_oracle_input', 'train_oracle',
+           'oracle_predict', 'load_oracle', 'vendi_score', 'score_images', 'StageTimer', 'tiny_split',
+           'translation_grid', 'save_grid_figure', 'demo', 'bench', 'score_manifest', 'strength_sweep', 'collect_study',
+           'study_table', 'plot_study', 'plot_tradeoff', 'write_report', 'cli_register']
 
 # %% ../nbs/50_study.ipynb #342b24a9
 ORACLE_PATH = ASSETS_DIR/'fmnist-oracle.safetensors'
@@ -106,3 +108,318 @@ def score_images(images, intended: list[int], oracle: OracleNet|None=None) -> di
         dists.append((d.sum() / (n * (n - 1))).item()); vendis.append(vendi_score(feats[intended == c]))
     return dict(n=len(x), faithfulness=faith, confidence=conf,
                 diversity=float(np.mean(dists)) if dists else float('nan'), vendi=float(np.mean(vendis)) if vendis else float('nan'))
+
+# %% ../nbs/50_study.ipynb #88f8c6b5
+class StageTimer:
+    "Collects wall-clock seconds per named stage (`with timer('concepts'): ...`) and prints them."
+    def __init__(self): self.times = {}
+    def __call__(self, name):
+        timer = self
+        class _T:
+            def __enter__(s): s.t = time.perf_counter(); return s
+            def __exit__(s, *a): timer.times[name] = timer.times.get(name, 0) + time.perf_counter() - s.t
+        return _T()
+    def table(self) -> str:
+        tot = sum(self.times.values())
+        return '\n'.join([f'{k:<14}{v:8.1f} s' for k, v in self.times.items()] + [f"{'total':<14}{tot:8.1f} s"])
+
+def tiny_split(setting: str='5shot', seed: int=0, root: str|None=None, val_per_class: int=20, lt_pool: int=50,
+               lt_imbalance: float=0.1):
+    "The tiny world's splits: `5shot`, `10shot`, or `lt` (a long-tail subset, IF `lt_imbalance`, of `lt_pool` images per class)."
+    from diffmix_nb.data import load_dataset_spec, make_split, DatasetSpec
+    spec = load_dataset_spec('fashion_mnist', root)
+    if setting.endswith('shot'): return make_split(spec, shots=int(setting[:-4]), seed=seed, val_per_class=val_per_class)
+    if setting != 'lt': raise ValueError(f"setting {setting!r}: use 5shot, 10shot or lt")
+    rng = np.random.default_rng(derive_seed('lt-pool', seed))
+    keep = []
+    for c in spec.classes:   # a class-balanced pool of val_per_class + lt_pool images, then the long-tail subset
+        its = [it for it in spec.items if it.split == 'train' and it.label == c.label]
+        keep += [its[i] for i in sorted(rng.choice(len(its), val_per_class + lt_pool, replace=False))]
+    pool = DatasetSpec(spec.name, spec.root, spec.classes, keep + [it for it in spec.items if it.split == 'test'], spec.loader_kwargs)
+    return make_split(pool, imbalance=lt_imbalance, seed=seed, val_per_class=val_per_class)
+
+def translation_grid(concepts_dir, split, n_sources: int=4, strength: float=0.7, seed: int=0, size: int=28):
+    "One row per source image (first column), translated into every class at `strength` with the learned concepts."
+    from diffmix_nb.concepts import Concepts
+    from diffmix_nb.generate import translate
+    cp = Concepts.load(concepts_dir); pipe = cp.load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    C = split.num_classes; labels = np.linspace(0, C - 1, n_sources).round().astype(int)
+    srcs = [next(it for it in split.train_items if it.label == l) for l in labels]
+    rows = []
+    for r, it in enumerate(srcs):
+        im = split.load_image(it)
+        outs = translate(pipe, [im] * C, [cp.prompt(c) for c in range(C)], [strength] * C, [derive_seed('grid', seed, r, c) for c in range(C)])
+        rows.append([im] + outs)
+    W = (C + 1) * size; H = n_sources * size
+    canvas = Image.new('RGB', (W, H), 'white')
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row): canvas.paste(im.resize((size, size)), (c * size, r * size))
+    return canvas
+
+def save_grid_figure(grid: Image.Image, split, path, strength: float=0.7, scale: int=3):
+    "Save `translation_grid` output with class names as column titles."
+    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+    C = split.num_classes
+    fig, ax = plt.subplots(figsize=(grid.width / 28 * 0.75, grid.height / 28 * 0.8 + 0.6), dpi=100)
+    ax.imshow(grid, interpolation='nearest'); ax.set_yticks([])
+    ax.set_xticks([14 + 28 * i for i in range(C + 1)], ['source'] + [c.name for c in split.classes], rotation=45, ha='right', fontsize=7)
+    ax.set_title(f'Diff-Mix translations at strength {strength} (tiny world)', fontsize=9)
+    fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path); plt.close(fig); return Path(path)
+
+def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) here
+         shots: int=5, seed: int=0, root: str|None=None, # Fashion-MNIST IDX folder (default: the Debian package's)
+         finetune_steps: int|None=None, multiplier: float|None=None, epochs: int|None=None, # None: the tiny preset
+         p: float=0.3, # Diff-Mix replacement probability (5-shot: 0.3)
+         test_limit: int|None=None, # evaluate on a stratified subset (CI only); None: all 10 000 test images
+         progress: bool=True) -> dict:
+    "Run the whole Diff-Mix pipeline on Fashion-MNIST few-shot with the shipped tiny model; returns accuracies and timings."
+    from diffmix_nb.concepts import learn_concepts
+    from diffmix_nb.generate import generate, final_manifest
+    from diffmix_nb.classify import train_classifier
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True); T = StageTimer()
+    with T('split'):
+        split = tiny_split(f'{shots}shot', seed=seed, root=root); split.save(out/'split.json')
+    with T('concepts'):
+        cdir = learn_concepts(split, out/'concepts', preset='tiny', steps=finetune_steps, seed=seed, progress=progress)
+    with T('generate'):
+        gdir = generate(out/'diff-mix', split=split, method='diff-mix', concepts=cdir, seed=seed, multiplier=multiplier)
+    cfg = dict(test_limit=test_limit, **({'epochs': epochs} if epochs else {}))
+    with T('classifier'):
+        base = train_classifier(split, (), dict(cfg, mode='none'), out_dir=out/'clf-original', seed=seed, progress=progress)
+        mix = train_classifier(split, [final_manifest(out/'diff-mix')], dict(cfg, mode='uniform', p=p), out_dir=out/'clf-diff-mix',
+                               seed=seed, progress=progress)
+    with T('figure'):
+        fig = save_grid_figure(translation_grid(cdir, split, seed=seed), split, out/'translations.png')
+    res = dict(original=base['test_acc'], diff_mix=mix['test_acc'], original_last=base['test_acc_last'], diff_mix_last=mix['test_acc_last'],
+               n_synthetic=mix.get('synthetic_rows'), figure=str(fig), times=T.times, split_hash=split.hash, test_images=len(split.test_items) if not test_limit else test_limit)
+    save_json(res, out/'demo.json')
+    print(f"Fashion-MNIST {shots}-shot, tiny world, seed {seed} (test accuracy at the validation-selected epoch)")
+    print(f"  original  {base['test_acc']:.2f} %   (last epoch {base['test_acc_last']:.2f} %)")
+    print(f"  Diff-Mix  {mix['test_acc']:.2f} %   (last epoch {mix['test_acc_last']:.2f} %)")
+    print(f"  translations: {fig}\n" + T.table())
+    return res
+
+# %% ../nbs/50_study.ipynb #0b25942a
+STUDY_METHODS: dict[str, dict] = {
+    'original':      dict(gen=None, clf=dict(mode='none')),
+    'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
+    'mixup':         dict(gen=None, clf=dict(mode='none', mixup=True)),
+    'cmo':           dict(gen=None, clf=dict(mode='none', loss='cmo'), settings=('lt',)),
+    'cmo-drw':       dict(gen=None, clf=dict(mode='none', loss='cmo-drw'), settings=('lt',)),
+    'real-guidance': dict(gen='real-aug', clf=dict(mode='uniform')),
+    'real-mix':      dict(gen='real-mix', clf=dict(mode='uniform')),
+    'real-gen':      dict(gen='real-gen', clf=dict(mode='uniform')),
+    'da-fusion':     dict(gen='da-fusion', concepts='ti', gen_kw=dict(num_variants=5), clf=dict(mode='own-variants', p=0.5)),
+    'diff-aug':      dict(gen='diff-aug', clf=dict(mode='uniform')),
+    'diff-gen':      dict(gen='diff-gen', clf=dict(mode='uniform')),
+    'diff-mix':      dict(gen='diff-mix', clf=dict(mode='uniform')),
+    'diff-ii':       dict(gen='diff-ii', clf=dict(mode='same-class', p=0.5)),
+    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='uniform')),
+}
+SETTINGS = ('5shot', '10shot', 'lt')
+P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # METHODS.md 7: 0.3 in 5-shot and long-tail
+
+def _clf_cfg(method: str, setting: str, epochs=None, test_limit=None) -> dict:
+    c = dict(STUDY_METHODS[method]['clf'])
+    if c['mode'] == 'uniform': c.setdefault('p', P_DIFFMIX[setting])
+    if setting == 'lt':
+        if c['mode'] in ('uniform', 'same-class'): c['mode'] = 'long-tail'   # class drawn with prob ~ 1/(n_c + 1)
+        c['shot_thresholds'] = 'auto'
+    if epochs: c['epochs'] = epochs
+    if test_limit: c['test_limit'] = test_limit
+    return c
+
+def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
+          settings=SETTINGS, methods=None, seeds=(0, 1, 2), preset: str='tiny', split_seed: int=0,
+          finetune_steps: int|None=None, multiplier: float|None=None, epochs: int|None=None, test_limit: int|None=None,
+          progress: bool=True, log=print) -> dict:
+    "Run (or resume) the study: for each setting, split -> concepts -> every method's synthetic set -> classifiers over seeds."
+    from diffmix_nb.concepts import learn_concepts
+    from diffmix_nb.generate import generate, final_manifest
+    from diffmix_nb.classify import run_seeds
+    from diffmix_nb.data import Split
+    out = Path(out_dir); methods = list(methods or STUDY_METHODS)
+    unknown = [m for m in methods if m not in STUDY_METHODS]
+    if unknown: raise KeyError(f"unknown study method(s) {unknown}; known: {list(STUDY_METHODS)}")
+    results = {}
+    for setting in settings:
+        d = out/setting; T = StageTimer()
+        ms = [m for m in methods if setting in STUDY_METHODS[m].get('settings', SETTINGS)]
+        with T('split'):
+            if (d/'split.json').exists(): split = Split.load(d/'split.json')
+            else: split = tiny_split(setting, seed=split_seed); split.save(d/'split.json')
+        concepts = {}
+        for kind in sorted({STUDY_METHODS[m].get('concepts', 'ti+lora') for m in ms if STUDY_METHODS[m]['gen']}):
+            if all(STUDY_METHODS[m]['gen'].startswith('real-') for m in ms if STUDY_METHODS[m]['gen'] and STUDY_METHODS[m].get('concepts', 'ti+lora') == kind):
+                continue
+            with T(f'concepts-{kind}'):
+                log(f'[{setting}] concepts ({kind})')
+                concepts[kind] = learn_concepts(split, d/f'concepts-{kind}', preset=preset, mode=kind, steps=finetune_steps, progress=progress)
+        manifests = {}
+        for m in ms:
+            spec = STUDY_METHODS[m]
+            if not spec['gen']: continue
+            with T(f'gen-{m}'):
+                log(f'[{setting}] generate {m}')
+                cdir = None if spec['gen'].startswith('real-') or spec['gen'] == 'diffusemix' else concepts[spec.get('concepts', 'ti+lora')]
+                generate(d/'gen'/m, split=split, method=spec['gen'], concepts=cdir, preset=preset, seed=split_seed,
+                         multiplier=multiplier, **spec.get('gen_kw', {}))
+                manifests[m] = final_manifest(d/'gen'/m)
+        for m in ms:
+            with T(f'clf-{m}'):
+                log(f'[{setting}] classifier {m}')
+                r = run_seeds(split, [manifests[m]] if m in manifests else (), _clf_cfg(m, setting, epochs, test_limit), seeds=seeds,
+                              out_dir=d/'clf'/m, name=m, preset=preset, progress=progress)
+            results.setdefault(setting, {})[m] = r['summary']
+        save_json(dict(times=T.times), d/f'times-{"-".join(ms) if len(ms) < 4 else "all"}.json')
+    return results
+
+# %% ../nbs/50_study.ipynb #0d2576fc
+def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None) -> dict:
+    "Oracle faithfulness and diversity of a generation folder's manifest (intended class: the soft label's argmax)."
+    from diffmix_nb.classify import read_manifest
+    rows = read_manifest(manifest)
+    rows = rows[:limit] if limit else rows
+    base = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
+    ims = [Image.open(base/r['path']).convert('L') for r in rows]
+    intended = [int(max(r['soft_label'].items(), key=lambda kv: kv[1])[0]) for r in rows]
+    res = score_images(ims, intended, oracle)
+    res['strength'] = float(np.mean([r['strength'] for r in rows if r.get('strength') is not None])) if any(r.get('strength') is not None for r in rows) else None
+    return res
+
+def strength_sweep(out_dir: str|Path='runs/bench', setting: str='5shot', strengths=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
+                   methods=('diff-mix', 'real-mix'), multiplier: float=1, preset: str='tiny', oracle=None) -> list[dict]:
+    "Faithfulness and diversity of Diff-Mix (fine-tuned) and Real-Mix (base model) translations as the strength grows."
+    from diffmix_nb.generate import generate, final_manifest
+    from diffmix_nb.data import Split
+    d = Path(out_dir)/setting; split = Split.load(d/'split.json'); oracle = oracle or load_oracle(); rows = []
+    for m in methods:
+        for s in strengths:
+            g = d/'sweep'/f'{m}-s{s}'
+            generate(g, split=split, method=m, concepts=None if m.startswith('real-') else d/'concepts-ti+lora', preset=preset,
+                     multiplier=multiplier, strength=float(s))
+            rows.append(dict(method=m, strength=s, **score_manifest(final_manifest(g), oracle)))
+    save_json(rows, d/'sweep.json'); return rows
+
+def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None) -> dict:
+    "Gather every finished classifier summary and synthetic-set score of a bench folder into one dict."
+    from diffmix_nb.generate import final_manifest
+    out = Path(out_dir); oracle = oracle or load_oracle()
+    study = dict(format='diffmix_nb.study/1', created=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), commit=_git_commit(),
+                 machine=_machine(), settings={})
+    for setting in settings:
+        d = out/setting
+        if not (d/'split.json').exists(): continue
+        acc, fid = {}, {}
+        for m in STUDY_METHODS:
+            f = d/'clf'/m/'summary.json'
+            if f.exists(): acc[m] = load_json(f)['summary']
+            g = d/'gen'/m
+            if (g/'manifest.jsonl').exists(): fid[m] = score_manifest(final_manifest(g), oracle)
+        study['settings'][setting] = dict(accuracy=acc, synthetic=fid, sweep=load_json(d/'sweep.json') if (d/'sweep.json').exists() else None,
+                                          split=load_json(d/'split.json')['hash'])
+    return study
+
+def _git_commit() -> str|None:
+    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=Path(__file__).parent if '__file__' in globals() else None).stdout.strip() or None
+    except Exception: return None
+
+def _machine() -> str:
+    import torch, diffusers
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}; python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}"
+
+# %% ../nbs/50_study.ipynb #5667ddb1
+def study_table(study: dict, metric: str='test_acc', digits: int=1) -> str:
+    "Markdown table: methods x settings, mean ± std (over seeds) of `metric` (accuracies are in %)."
+    sets = list(study['settings']); rows = [f"| method | {' | '.join(sets)} |", '|---' * (len(sets) + 1) + '|']
+    for m in STUDY_METHODS:
+        cells = []
+        for s in sets:
+            v = study['settings'][s]['accuracy'].get(m, {}).get(metric)
+            cells.append('-' if not v else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}")
+        if any(c != '-' for c in cells): rows.append(f"| {m} | {' | '.join(cells)} |")
+    return '\n'.join(rows)
+
+def plot_study(study: dict, path=None):
+    "Accuracy per method and setting (mean and std over seeds), one panel per setting."
+    import matplotlib.pyplot as plt
+    sets = list(study['settings']); fig, axs = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.4), squeeze=False, sharey=False)
+    for ax, s in zip(axs[0], sets):
+        acc = study['settings'][s]['accuracy']; ms = [m for m in STUDY_METHODS if m in acc]
+        mean = [acc[m]['test_acc']['mean'] for m in ms]; std = [acc[m]['test_acc']['std'] for m in ms]
+        colors = ['#999999' if STUDY_METHODS[m]['gen'] is None else '#4c72b0' if STUDY_METHODS[m]['gen'].startswith('real') else '#dd8452' for m in ms]
+        ax.barh(range(len(ms)), mean, xerr=std, color=colors); ax.set_yticks(range(len(ms)), ms, fontsize=7)
+        lo = min(mean) - 5; ax.set_xlim(max(0, lo), min(100, max(mean) + 5)); ax.invert_yaxis()
+        ax.set_title(s, fontsize=9); ax.set_xlabel('test accuracy (%)', fontsize=8); ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=100)
+    return fig
+
+def plot_tradeoff(study: dict, setting: str='5shot', path=None):
+    "Faithfulness vs diversity of each method's synthetic set (left) and of translations over strength (right)."
+    import matplotlib.pyplot as plt
+    st = study['settings'][setting]; fig, axs = plt.subplots(1, 2, figsize=(7.5, 3.3))
+    for m, r in st['synthetic'].items():
+        axs[0].scatter(r['diversity'], r['faithfulness'], s=18); axs[0].annotate(m, (r['diversity'], r['faithfulness']), fontsize=6)
+    axs[0].set_xlabel('diversity (mean pairwise feature distance)', fontsize=8); axs[0].set_ylabel('faithfulness (oracle agreement)', fontsize=8)
+    axs[0].set_title(f'synthetic sets ({setting})', fontsize=9)
+    if st.get('sweep'):
+        for m in sorted({r['method'] for r in st['sweep']}):
+            rs = [r for r in st['sweep'] if r['method'] == m]
+            axs[1].plot([r['diversity'] for r in rs], [r['faithfulness'] for r in rs], 'o-', label=m, ms=3)
+            for r in rs: axs[1].annotate(f"{r['strength']}", (r['diversity'], r['faithfulness']), fontsize=6)
+        axs[1].legend(fontsize=7); axs[1].set_xlabel('diversity', fontsize=8); axs[1].set_title('translation strength sweep', fontsize=9)
+    for ax in axs: ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=100)
+    return fig
+
+def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/results', images_dir: str|Path='nbs/images') -> dict:
+    "Collect the bench, write `tiny_study.json` + `tiny_study.md` in `report_dir` and the figures in `images_dir`."
+    study = collect_study(out_dir); rd, idir = Path(report_dir), Path(images_dir); rd.mkdir(parents=True, exist_ok=True); idir.mkdir(parents=True, exist_ok=True)
+    save_json(study, rd/'tiny_study.json')
+    md = [f"Created {study['created']}, commit {study['commit']}, {study['machine']}.", '',
+          'Test accuracy (%) at the validation-selected epoch, mean ± std over 3 classifier seeds:', '', study_table(study), '',
+          'Test accuracy (%) at the last epoch:', '', study_table(study, 'test_acc_last')]
+    with atomic_write(rd/'tiny_study.md', 'w') as f: f.write('\n'.join(md) + '\n')
+    import matplotlib.pyplot as plt
+    plt.close(plot_study(study, idir/'study_accuracy.png'))
+    if '5shot' in study['settings'] and study['settings']['5shot']['synthetic']: plt.close(plot_tradeoff(study, '5shot', idir/'study_tradeoff.png'))
+    return study
+
+# %% ../nbs/50_study.ipynb #19750446
+def _cli_demo(args) -> int:
+    demo(args.out, shots=args.shots, seed=args.seed, root=args.root, finetune_steps=args.finetune_steps, multiplier=args.multiplier,
+         epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
+    return 0
+
+def _cli_bench(args) -> int:
+    if args.preset != 'tiny': raise ValueError(f"--preset {args.preset}: the study runs in the tiny world; GPU runs use the stage commands (see the GPU walkthrough)")
+    if not args.report_only:
+        bench(args.out, settings=args.settings, methods=args.methods, seeds=args.seeds, finetune_steps=args.finetune_steps,
+              multiplier=args.multiplier, epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
+        if args.sweep: strength_sweep(args.out)
+    if args.report:
+        study = write_report(args.out, args.report, args.images or Path(args.report)/'images')
+        print(study_table(study))
+    return 0
+
+def cli_register(sub):
+    "Add `diffmix demo` and `diffmix bench`."
+    p = sub.add_parser('demo', help='the whole Diff-Mix pipeline on Fashion-MNIST few-shot with the shipped tiny model (CPU, minutes)')
+    p.add_argument('--out', default='runs/demo'); p.add_argument('--shots', type=int, default=5); p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--root', default=None, help='folder with the Fashion-MNIST IDX files (default: the Debian package\'s)')
+    p.add_argument('--finetune-steps', type=int); p.add_argument('--multiplier', type=float); p.add_argument('--epochs', type=int)
+    p.add_argument('--test-limit', type=int, help='evaluate on a stratified subset of the test set (quick checks only)')
+    p.add_argument('--quiet', action='store_true'); p.set_defaults(func=_cli_demo)
+    b = sub.add_parser('bench', help='every method of the study, every setting, several seeds (tiny world)')
+    b.add_argument('--preset', default='tiny'); b.add_argument('--out', default='runs/bench')
+    b.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
+    b.add_argument('--methods', nargs='+', default=None, choices=list(STUDY_METHODS)); b.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    b.add_argument('--finetune-steps', type=int); b.add_argument('--multiplier', type=float); b.add_argument('--epochs', type=int)
+    b.add_argument('--test-limit', type=int); b.add_argument('--sweep', action='store_true', help='also run the strength sweep (5-shot)')
+    b.add_argument('--report', default=None, help='write tiny_study.json/.md here'); b.add_argument('--images', default=None)
+    b.add_argument('--report-only', action='store_true'); b.add_argument('--quiet', action='store_true'); b.set_defaults(func=_cli_bench)
