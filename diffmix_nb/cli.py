@@ -11,8 +11,8 @@ import argparse, importlib, sys, time
 # %% auto #0
 __all__ = ['STAGE_MODULES', 'build_parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #bc5c4862
-STAGE_MODULES = ['data', 'concepts', 'generate', 'classify', 'study', 'perf']
+# %% ../nbs/90_cli.ipynb #9dca4e98
+STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'perf']
 
 def build_parser() -> argparse.ArgumentParser:
     "The `diffmix` argument parser, with the subcommands every stage module registers."

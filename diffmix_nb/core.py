@@ -19,7 +19,7 @@ import torch
 __all__ = ['PACKAGE_DIR', 'ASSETS_DIR', 'TINY_SD', 'TINY_IP2P', 'PRESETS', 'get_preset', 'seed_everything', 'derive_seed',
            'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'default_device', 'resolve_dtype']
 
-# %% ../nbs/00_core.ipynb #1a727356
+# %% ../nbs/00_core.ipynb #a2031834
 PACKAGE_DIR = Path(__file__).parent if '__file__' in globals() else Path('../diffmix_nb').resolve()
 ASSETS_DIR = PACKAGE_DIR/'assets'
 TINY_SD = ASSETS_DIR/'tiny-sd'          # the shipped miniature text-to-image model (diffusers folder)
@@ -32,7 +32,7 @@ PRESETS: dict[str, dict] = {
                       init_token='ktn', weight_decay=1e-2, max_grad_norm=1.0, checkpoint_every=100,
                       mixed_precision='no', cache_latents=True),
         generate=dict(num_inference_steps=25, guidance_scale=7.5, strength=0.7, multiplier=5, batch_size=32,
-                      gamma=0.5, kappa=1.0, scheduler='dpm++'),
+                      gamma=0.5, kappa=1.0, scheduler='dpm++', mixed_precision='no'),
         diffii=dict(inversion_steps=50, num_inference_steps=25, guidance_scale=7.5, expansion=5),
         diffusemix=dict(num_inference_steps=20, guidance_scale=4.0, image_guidance_scale=1.5, resolution=32, lam=0.2),
         classifier=dict(backbone='resnet18', pretrained=False, img_size=32, epochs=30, batch_size=16, lr=0.05,
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
                       init_token='ktn', weight_decay=1e-2, max_grad_norm=1.0, checkpoint_every=1000,
                       mixed_precision='fp16', cache_latents=True),
         generate=dict(num_inference_steps=25, guidance_scale=7.5, strength=0.7, multiplier=5, batch_size=16,
-                      gamma=0.5, kappa=1.0, scheduler='dpm++'),
+                      gamma=0.5, kappa=1.0, scheduler='dpm++', mixed_precision='fp16'),
         diffii=dict(inversion_steps=200, num_inference_steps=25, guidance_scale=7.5, expansion=5),
         diffusemix=dict(num_inference_steps=100, guidance_scale=4.0, image_guidance_scale=1.5, resolution=256, lam=0.2),
         classifier=dict(backbone='resnet50', pretrained=True, img_size=224, epochs=120, batch_size=256, lr=0.05,

@@ -300,13 +300,13 @@ def diffii_generate(pipe, latents: torch.Tensor, # (B, C, h, w) start points fro
                            s, num_inference_steps, guidance_scale, progress)
     return decode_latents(p.vae, x0)
 
-# %% ../nbs/31_diffii.ipynb #3749d702
+# %% ../nbs/31_diffii.ipynb #f3f2dddf
 DIFFII_OPTIONS = dict(
     s='suffix fraction in [0, 1] (default: `diffii_suffix_fraction(split)`)',
     suffixes='scene-suffix file or folder of `{superclass}.txt` (default: the shipped ones)',
     inversion_steps='DDIM inversion steps (default: the preset of the base model: tiny 50, otherwise 200)',
     inversion_guidance='guidance of the inversion (default 1.0, the paper\'s)',
-    inversion_cache='folder of the inversion cache (default: `default_cache_dir()/inversions`, shared by runs)',
+    inversion_cache='folder of the inversion cache (default: the generation folder\'s `inversions/`; point several runs at one folder to share it)',
     inversion_batch_size='images per batched inversion (default 16)',
 )
 
@@ -346,7 +346,7 @@ def plan_diffii(req: PlanRequest) -> list[Task]:
             tasks.append(t)
     return tasks
 
-# %% ../nbs/31_diffii.ipynb #f0a45df0
+# %% ../nbs/31_diffii.ipynb #bc08da44
 def default_cache_dir() -> Path:
     "Cache folder shared by generations: `$DIFFMIX_CACHE`, else `~/.cache/diffmix_nb`."
     return Path(os.environ.get('DIFFMIX_CACHE') or Path.home()/'.cache'/'diffmix_nb')
@@ -368,12 +368,12 @@ def _resolution(ctx: GenContext, pipe) -> int:
     return int(ctx.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 def diffii_inversions(ctx: GenContext) -> InversionCache:
-    "The context's inversion cache (made once): option `inversion_cache`, else `default_cache_dir()/inversions`."
+    "The context's inversion cache (made once): option `inversion_cache`, else `<generation folder>/inversions`."
     if 'diffii_inversions' not in ctx.cache:
         o, pipe = ctx.options, ctx.pipe
         steps = int(o.get('inversion_steps') or model_preset(ctx.base_model)['diffii']['inversion_steps'])
         concepts = getattr(ctx.concepts, 'root', None)
-        ctx.cache['diffii_inversions'] = InversionCache(o.get('inversion_cache') or default_cache_dir()/'inversions', ctx.base_model,
+        ctx.cache['diffii_inversions'] = InversionCache(o.get('inversion_cache') or (Path(ctx.out_dir)/'inversions' if getattr(ctx, 'out_dir', None) else default_cache_dir()/'inversions'), ctx.base_model,
                                                         str(concepts) if concepts else None, steps,
                                                         float(o.get('inversion_guidance') or 1.0), _resolution(ctx, pipe))
     return ctx.cache['diffii_inversions']

@@ -25,10 +25,11 @@ from .data import Split, Item
 # %% auto #0
 __all__ = ['STRENGTH_SETS', 'METHODS', 'PLAN_FORMAT', 'SAMPLERS', 'MANIFEST_FIELDS', 'SD15_H100_ROOFLINE', 'soft_label',
            'label_weights', 'parse_strength', 'draw_strength', 'Task', 'MethodSpec', 'register_method', 'PlanRequest',
-           'plan_translations', 'plan_dafusion', 'Plan', 'plain_prompts', 'load_concepts', 'make_plan', 'set_scheduler',
-           'encode_prompts', 'translate', 'text_to_image', 'GenContext', 'register_sampler', 'sample_img2img',
-           'sample_txt2img', 'manifest_row', 'Manifest', 'image_relpath', 'merge_manifests', 'final_manifest',
-           'generate', 'generation_status', 'clip_filter', 'random_sd15_pipeline', 'benchmark_generate', 'cli_register']
+           'plan_translations', 'plan_dafusion', 'Plan', 'plain_prompts', 'load_concepts', 'load_method_plugins',
+           'make_plan', 'set_scheduler', 'encode_prompts', 'translate', 'text_to_image', 'GenContext',
+           'register_sampler', 'sample_img2img', 'sample_txt2img', 'manifest_row', 'Manifest', 'image_relpath',
+           'merge_manifests', 'final_manifest', 'generate', 'generation_status', 'clip_filter', 'random_sd15_pipeline',
+           'benchmark_generate', 'cli_register']
 
 # %% ../nbs/30_generate.ipynb #f5973009
 def soft_label(src: int,          # source class i
@@ -264,7 +265,7 @@ class Plan:
         return '\n'.join(rows)
     def _repr_markdown_(self): return f"**{self.header['method']}**: {len(self)} tasks, hash `{self.hash}`\n\n" + self.table()
 
-# %% ../nbs/30_generate.ipynb #1e3556b8
+# %% ../nbs/30_generate.ipynb #42c846ee
 def plain_prompts(split: Split, base_model=None):
     "Class-name prompts on the base model (`Concepts.plain`: `a photo of a {name} {superclass}`), for the `real-*` methods."
     from diffmix_nb.concepts import Concepts
@@ -283,6 +284,11 @@ def _sampling(preset: dict, **over) -> dict:
     d.update({k: v for k, v in over.items() if v is not None})
     return d
 
+def load_method_plugins():
+    "Import the modules that register further methods (Diff-II, DiffuseMix), so every method is known by name."
+    import importlib
+    for m in ('diffmix_nb.diffii', 'diffmix_nb.diffusemix'): importlib.import_module(m)
+
 def make_plan(split: Split|str,        # a `Split` or a split file
               method: str='diff-mix',  # a key of `METHODS`
               seed: int=0,             # plan seed: same inputs and seed give the same plan
@@ -300,6 +306,7 @@ def make_plan(split: Split|str,        # a `Split` or a split file
               **options,               # method-specific options (JSON-serialisable), passed to the planner
              ) -> Plan:
     "The deterministic plan of `method` on `split`: tasks plus a header naming every input."
+    if method not in METHODS: load_method_plugins()
     if method not in METHODS: raise KeyError(f"Unknown method {method!r}; registered: {sorted(METHODS)}")
     spec = METHODS[method]; pre = get_preset(preset); g = pre['generate']
     if isinstance(split, (str, os.PathLike)): split = Split.load(split)
@@ -309,7 +316,7 @@ def make_plan(split: Split|str,        # a `Split` or a split file
             if concepts is None: raise ValueError(f"method {method!r} needs concepts (--concepts DIR written by `diffmix finetune`) "
                                                   f"or explicit prompts")
             prompts = load_concepts(concepts); source = 'concepts'
-        elif spec.prompts == 'plain': prompts = plain_prompts(split, base_model); source = 'plain'
+        elif spec.prompts == 'plain': prompts = plain_prompts(split, base_model or pre['base_model']); source = 'plain'   # the preset's base model
         else: source = 'none'
     else: source = 'custom'
     if spec.prompts == 'ti' and getattr(prompts, 'mode', 'ti') != 'ti' and source == 'concepts':
@@ -440,7 +447,7 @@ def text_to_image(pipe, prompts: list[str], seeds: list[int], num_inference_step
                    output_type='pil').images
     return [im.resize(size, Image.LANCZOS) for im in out] if size else out
 
-# %% ../nbs/30_generate.ipynb #eae97818
+# %% ../nbs/30_generate.ipynb #2896429b
 @dataclass
 class GenContext:
     "What samplers get: split, lazily loaded pipeline, sampling settings and a cache."
@@ -456,6 +463,7 @@ class GenContext:
     options: dict = field(default_factory=dict)   # the plan's options, for method samplers
     cache: dict = field(default_factory=dict)
     pipeline: Any = None                  # an already loaded pipeline (else loaded on first use of `.pipe`)
+    out_dir: Any = None                   # the generation folder (samplers may keep caches there)
 
     @property
     def pipe(self):
@@ -541,7 +549,7 @@ class Manifest:
             for r in rows: f.write(json.dumps(r, ensure_ascii=False) + '\n')
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/30_generate.ipynb #5304a0a3
+# %% ../nbs/30_generate.ipynb #fe1dafd7
 def image_relpath(task: Task) -> str:
     "Where a task's image goes, relative to the generation folder (never derived from class names)."
     return f"images/{task.target_label:04d}/{task.id}.png"
@@ -621,9 +629,10 @@ def generate(out_dir,                     # generation folder: plan, images, man
     if concepts is None and h.get('concepts_dir'): concepts = h['concepts_dir']
     if concepts is None and h.get('prompts') == 'plain': concepts = plain_prompts(split, h['base_model'])
     dev = torch.device(device) if device is not None else state.device
+    if mixed_precision is None: mixed_precision = get_preset(preset)['generate'].get('mixed_precision')   # sd15: fp16 on GPU
     ctx = GenContext(split, h['base_model'], load_concepts(concepts), dev, resolve_dtype(mixed_precision, dev),
                      smp['num_inference_steps'], smp['guidance_scale'], smp['scheduler'], smp['resolution'],
-                     options=h['options'], pipeline=pipeline)
+                     options=h['options'], pipeline=pipeline, out_dir=out_dir)
     rank, world = state.process_index, state.num_processes
     mine = [t for i, t in enumerate(plan.tasks) if i % world == rank]
     shard = Manifest(out_dir/f'manifest.rank{rank}.jsonl'); shard.repair()
@@ -761,13 +770,14 @@ def benchmark_generate(pipe=None,                # an SD pipeline; default: rand
         out['roofline_fraction'] = round(batched / (SD15_H100_ROOFLINE * 17 / steps), 3)
     return out
 
-# %% ../nbs/30_generate.ipynb #dabcaeb5
+# %% ../nbs/30_generate.ipynb #613641ae
 def cli_register(sub):
     "Add the `generate` subcommand to the `diffmix` parser."
     p = sub.add_parser('generate', help='plan and generate synthetic images (any registered method) into a manifest',
                        description='Plan (deterministic, written first) and execute a generation: sharded over '
                                    '`accelerate launch` processes, resumable (run the same command again).')
     p.add_argument('--split', help='split file (from `diffmix data split`); omit to resume the plan in --out')
+    load_method_plugins()
     p.add_argument('--method', default='diff-mix', help=f'one of: {", ".join(sorted(METHODS))}')
     p.add_argument('--out', help='generation folder (plan, images, manifest)')
     p.add_argument('--concepts', help='concepts folder (diff-*, da-fusion)')

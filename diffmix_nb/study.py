@@ -202,7 +202,7 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #0b25942a
+# %% ../nbs/50_study.ipynb #74aa99a6
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
@@ -217,7 +217,7 @@ STUDY_METHODS: dict[str, dict] = {
     'diff-gen':      dict(gen='diff-gen', clf=dict(mode='uniform')),
     'diff-mix':      dict(gen='diff-mix', clf=dict(mode='uniform')),
     'diff-ii':       dict(gen='diff-ii', clf=dict(mode='same-class', p=0.5)),
-    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='uniform')),
+    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='own-variants', p=0.5)),   # METHODS 5.4 'x5 and replacement'
 }
 SETTINGS = ('5shot', '10shot', 'lt')
 P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # METHODS.md 7: 0.3 in 5-shot and long-tail

@@ -204,3 +204,10 @@ def test_cli_plan_only(toy_split, tmp_path, capsys):
     plan = G.Plan.load(tmp_path/'p')
     assert plan.header['options']['gamma'] == 0.8 and all(0.1 <= t.strength <= 0.9 for t in plan.tasks)
     assert all(abs(sum(t.soft_label.values()) - 1) < 1e-9 for t in plan.tasks)
+
+def test_plain_methods_use_the_presets_base_model(toy_split):
+    "real-* methods without --base-model take the preset's model (sd15: Stable Diffusion 1.5), never silently the tiny one."
+    from diffmix_nb.core import get_preset
+    for preset in ('tiny', 'sd15'):
+        plan = G.make_plan(toy_split, "real-aug", preset=preset, multiplier=1)
+        assert plan.header['base_model'] == get_preset(preset)['base_model'], (preset, plan.header['base_model'])
