@@ -409,7 +409,7 @@ def pretrain_tiny_sd(out_dir=TINY_SD,          # final diffusers folder (written
     save_json(dict(config=cfg, vae=vinfo, unet=uinfo), out_dir/'training.json')
     return out_dir
 
-# %% ../nbs/15_tiny.ipynb #74ad7d45
+# %% ../nbs/15_tiny.ipynb #06ebce37
 def train_tiny_ip2p(unet, vae, text_encoder, tokenizer, images: np.ndarray, steps: int=1000, batch_size: int=64,
                     lr: float=5e-4, text_dropout: float=0.1, image_dropout: float=0.1, ema_decay: float=0.999,
                     seed: int=0, work_dir=None, resolution: int=32, **kw):
@@ -436,7 +436,7 @@ def train_tiny_ip2p(unet, vae, text_encoder, tokenizer, images: np.ndarray, step
 
 def pretrain_tiny_ip2p(out_dir=TINY_IP2P,  # final diffusers folder (written atomically)
                        base=TINY_SD,       # the pretrained tiny SD folder to start from
-                       steps: int=700, batch_size: int=32, seed: int=0, lr: float=1e-3,
+                       steps: int=1500, batch_size: int=32, seed: int=0, lr: float=1e-3,
                        text_dropout: float=0.1, image_dropout: float=0.1, ema_decay: float=0.995,
                        work_dir=None, checkpoint_every: int=250, half: bool=True, resolution: int=32,
                        data_root=None, progress: bool=True) -> Path:
