@@ -711,24 +711,15 @@ def clip_filter(manifest,                   # a manifest file (rows with image p
     save_json(dict(model=str(clip_model_name_or_path), drop=drop, dropped=sorted(dropped), scores=scores), out.parent/'clip_scores.json')
     return out
 
-# %% ../nbs/30_generate.ipynb #88358517
+# %% ../nbs/30_generate.ipynb #30800eb4
 SD15_H100_ROOFLINE = 34.0   # images/s, UNet-only bound at s 0.7 / 25 steps / guidance 7.5 (RESULTS.md)
 
 def random_sd15_pipeline(device=None, dtype=torch.float16, seed: int=0):
     "A randomly initialised Stable-Diffusion-1.5-size img2img pipeline (same shapes and cost, no download)."
-    from diffusers import UNet2DConditionModel, AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
-    from diffmix_nb.tiny import clip_tokenizer, TINY_SCHEDULER
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=('DownEncoderBlock2D',) * 4,
-                            up_block_types=('UpDecoderBlock2D',) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
-        te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                          num_attention_heads=12, max_position_embeddings=77, hidden_act='quick_gelu'))
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=te, tokenizer=clip_tokenizer(), unet=unet,
-                                          scheduler=DDIMScheduler(**TINY_SCHEDULER), safety_checker=None,
-                                          feature_extractor=None, requires_safety_checker=False)
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffmix_nb.concepts import build_sd15_random   # the one SD-1.5 config of the project
+    parts = build_sd15_random(device='cpu', seed=seed)
+    pipe = StableDiffusionImg2ImgPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = pipe.to(device or default_device(), dtype); pipe.set_progress_bar_config(disable=True)
     return pipe
 
