@@ -42,6 +42,5 @@ def main(argv: list[str]|None=None) -> int:
         if getattr(args, 'debug', False): raise
         print(f"diffmix {args.command}: error: {e}", file=sys.stderr); return 1
 
-# %% ../nbs/90_cli.ipynb #6dc7f8e1
-from fastcore.imports import IN_NOTEBOOK
-if __name__ == '__main__' and not IN_NOTEBOOK: sys.exit(main())  # `python -m diffmix_nb.cli`, `accelerate launch -m diffmix_nb.cli`
+# %% ../nbs/90_cli.ipynb #d53979e4
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m diffmix_nb.cli` / `accelerate launch -m diffmix_nb.cli`, never a notebook kernel

@@ -17,7 +17,8 @@ import torch
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'ASSETS_DIR', 'TINY_SD', 'TINY_IP2P', 'PRESETS', 'get_preset', 'seed_everything', 'derive_seed',
-           'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'default_device', 'resolve_dtype']
+           'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'default_device', 'resolve_dtype',
+           'quiet_hub_logs']
 
 # %% ../nbs/00_core.ipynb #a2031834
 PACKAGE_DIR = Path(__file__).parent if '__file__' in globals() else Path('../diffmix_nb').resolve()
@@ -131,7 +132,7 @@ def file_sha1(path, chunk: int=1<<20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #57dad1a2
+# %% ../nbs/00_core.ipynb #329863c8
 def default_device() -> torch.device:
     "CUDA if present, else CPU (MPS is opt-in: pass `device='mps'` explicitly)."
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -141,3 +142,20 @@ def resolve_dtype(mixed_precision: str|None, device=None) -> torch.dtype:
     device = torch.device(device or default_device())
     if device.type == 'cpu' or mixed_precision in (None, 'no', 'fp32'): return torch.float32
     return {'fp16': torch.float16, 'bf16': torch.bfloat16}[mixed_precision]
+
+def _hub_loggers():
+    import diffusers.utils.logging as dl, transformers.utils.logging as tl
+    return dl, tl
+
+@contextlib.contextmanager
+def quiet_hub_logs():
+    "Silence diffusers/transformers info-level chatter and their loading progress bars inside the block (errors still show)."
+    dl, tl = _hub_loggers()
+    levels = dl.get_verbosity(), tl.get_verbosity()
+    bars = dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled()
+    dl.set_verbosity_error(); tl.set_verbosity_error(); dl.disable_progress_bar(); tl.disable_progress_bar()
+    try: yield
+    finally:
+        dl.set_verbosity(levels[0]); tl.set_verbosity(levels[1])
+        if bars[0]: dl.enable_progress_bar()
+        if bars[1]: tl.enable_progress_bar()
