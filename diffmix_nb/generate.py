@@ -549,7 +549,7 @@ class Manifest:
             for r in rows: f.write(json.dumps(r, ensure_ascii=False) + '\n')
             f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/30_generate.ipynb #fe1dafd7
+# %% ../nbs/30_generate.ipynb #01a25a1f
 def image_relpath(task: Task) -> str:
     "Where a task's image goes, relative to the generation folder (never derived from class names)."
     return f"images/{task.target_label:04d}/{task.id}.png"
@@ -652,7 +652,16 @@ def generate(out_dir,                     # generation folder: plan, images, man
             batch.append(pending[i + len(batch)])
         i += len(batch)
         if batch[0].sampler not in SAMPLERS: raise KeyError(f"task {batch[0].id}: unknown sampler {batch[0].sampler!r}; registered: {sorted(SAMPLERS)}")
-        images = SAMPLERS[batch[0].sampler](ctx, batch)
+        oom = False
+        try: images = SAMPLERS[batch[0].sampler](ctx, batch)
+        except Exception as e:   # out of GPU memory: retry the same tasks in halves (finished tasks are already on disk)
+            from diffmix_nb.perf import is_oom, free_memory
+            if not is_oom(e) or len(batch) == 1: raise
+            oom = True
+        if oom:
+            free_memory(); i -= len(batch); bs = max(1, len(batch) // 2)
+            import warnings; warnings.warn(f"out of memory with {len(batch)} images per batch; continuing with {bs}")
+            continue
         if len(images) != len(batch): raise RuntimeError(f"sampler {batch[0].sampler!r} returned {len(images)} images for {len(batch)} tasks")
         rows = []
         for t, im in zip(batch, images):

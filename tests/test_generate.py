@@ -211,3 +211,23 @@ def test_plain_methods_use_the_presets_base_model(toy_split):
     for preset in ('tiny', 'sd15'):
         plan = G.make_plan(toy_split, "real-aug", preset=preset, multiplier=1)
         assert plan.header['base_model'] == get_preset(preset)['base_model'], (preset, plan.header['base_model'])
+
+def test_out_of_memory_halves_the_batch(toy_split, tiny_model, tmp_path):
+    "A sampler that runs out of CUDA memory above 4 images gets the same tasks again in halves; every planned image is made."
+    import torch, warnings
+    calls = []
+    @G.register_sampler('oom-test')
+    def _oom(ctx, tasks):
+        calls.append(len(tasks))
+        if len(tasks) > 4: raise torch.cuda.OutOfMemoryError('CUDA out of memory (simulated)')
+        return [Image.new('RGB', (8, 8), (len(tasks), 0, 0)) for _ in tasks]
+    G.register_method('oom-test', lambda req: [req.task(k, it, it.label, it.label, 1.0, 'oom-test', 'x', {}, prompt='')
+                                               for k, it in enumerate(req.train)], prompts='none')
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        G.generate(tmp_path/'g', split=toy_split, method='oom-test', batch_size=16, device='cpu', progress=False)
+    rows = G.Manifest(tmp_path/'g'/'manifest.jsonl').rows()
+    n = len(toy_split.train_items)
+    assert len(rows) == n and calls[:2] == [n, n // 2]          # 12 fails, 6 fails, then batches of 3 succeed
+    assert sum(c for c in calls if c <= 4) == n                 # every task made exactly once
+    assert any('out of memory' in str(x.message) for x in w)
