@@ -647,7 +647,7 @@ class Concepts:
     def __repr__(self):
         return f"Concepts(mode={self.mode!r}, classes={self.num_classes}, base_model={self.base_model!r}, root={str(self.root) if self.root else None!r})"
 
-# %% ../nbs/20_concepts.ipynb #9a991aa6
+# %% ../nbs/20_concepts.ipynb #54cbf023
 def _items_digest(items) -> str:
     import hashlib
     return hashlib.sha1('\n'.join(f'{it.id}:{it.label}:{it.sha1}' for it in items).encode()).hexdigest()[:16]
@@ -698,7 +698,9 @@ def learn_concepts(split, # a `Split` or the path of a split file
     trainer.meta = meta
     if resume and ckpt.exists(): trainer.load_checkpoint(ckpt)
     trainer.train(cfg.steps, checkpoint=ckpt, checkpoint_every=cfg.checkpoint_every, progress=progress, callback=callback)
-    return save_concepts(trainer, out, split=split)
+    res = save_concepts(trainer, out, split=split)
+    trainer.acc.wait_for_everyone()     # other processes return only once the main process has written the folder
+    return res
 
 # %% ../nbs/20_concepts.ipynb #b9fad7d0
 def _norm_name(s: str) -> str: return ' '.join(re.sub(r'[^0-9a-z]+', ' ', str(s).lower()).split())

@@ -204,3 +204,20 @@ def test_cli(world, capsys):
     assert (cfg['num_vectors'], cfg['init'], cfg['class_balanced'], cfg['cache_latents']) == (2, 'classname', True, False)
     args = parser.parse_args(['finetune', '--out', 'x'])
     assert args.func(args) == 2
+
+
+def test_accelerate_launch_two_processes_finetune(tmp_path):
+    "`accelerate launch` with 2 CPU processes (torchrun + gloo) fine-tunes, and only the main process writes the concepts folder."
+    import subprocess, sys, os, json
+    from diffmix_nb.data import load_dataset_spec, make_split
+    make_split(load_dataset_spec('fashion_mnist'), shots=2, seed=0, val_per_class=1).save(tmp_path/'split.json')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', '-m', 'diffmix_nb.cli', 'finetune', '--split', str(tmp_path/'split.json'),
+           '--out', str(tmp_path/'concepts'), '--steps', '3', '--batch-size', '2']
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    meta = json.loads((tmp_path/'concepts'/'concepts.json').read_text())
+    assert meta['steps_done'] == 3 and len(meta['classes']) == 10
+    from diffmix_nb.concepts import Concepts
+    Concepts.load(tmp_path/'concepts').load_pipeline()      # loads into a vanilla pipeline and passes `check`
