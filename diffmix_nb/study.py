@@ -277,7 +277,7 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
         save_json(dict(times=T.times), d/f'times-{"-".join(ms) if len(ms) < 4 else "all"}.json')
     return results
 
-# %% ../nbs/50_study.ipynb #0d2576fc
+# %% ../nbs/50_study.ipynb #065cab7e
 def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None) -> dict:
     "Oracle faithfulness and diversity of a generation folder's manifest (intended class: the soft label's argmax)."
     from diffmix_nb.classify import read_manifest
@@ -301,7 +301,7 @@ def strength_sweep(out_dir: str|Path='runs/bench', setting: str='5shot', strengt
             g = d/'sweep'/f'{m}-s{s}'
             generate(g, split=split, method=m, concepts=None if m.startswith('real-') else d/'concepts-ti+lora', preset=preset,
                      multiplier=multiplier, strength=float(s))
-            rows.append(dict(method=m, strength=s, **score_manifest(final_manifest(g), oracle)))
+            rows.append({**score_manifest(final_manifest(g), oracle), 'method': m, 'strength': s})
     save_json(rows, d/'sweep.json'); return rows
 
 def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None) -> dict:
