@@ -25,17 +25,19 @@ from .core import (get_preset, _merge, seed_everything, derive_seed, save_json, 
 from .data import Split, Item, guard_trainable, load_image, BadImageError, TestSplitLeakError
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'LR_TABLE', 'LONGTAIL_LR', 'MANIFEST_KEYS', 'MODES',
-           'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE', 'SELECTIONS', 'LOSSES', 'SUMMARY_METRICS',
-           'read_state_dict', 'load_backbone_weights', 'save_backbone', 'build_backbone', 'resize_for',
+__all__ = ['SWAG_VIT', 'BATCH_TABLE', 'NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'LR_TABLE',
+           'LONGTAIL_LR', 'MANIFEST_KEYS', 'MODES', 'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE',
+           'SELECTIONS', 'LOSSES', 'SUMMARY_METRICS', 'read_state_dict', 'load_backbone_weights', 'save_backbone',
+           'build_backbone', 'torchvision_vit_to_timm', 'default_batch_size', 'weights_source', 'resize_for',
            'default_padding', 'train_transform', 'test_transform', 'denormalize', 'dataset_key', 'backbone_key',
            'default_lr', 'ManifestRows', 'read_manifest', 'soft_target', 'default_p', 'SyntheticMixDataset',
-           'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup', 'cmo_paste', 'class_balanced_weights',
-           'classifier_config', 'lr_at', 'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError',
-           'EpochSampler', 'predict', 'train_classifier', 'load_classifier', 'classify_images', 'summarize',
-           'run_seeds', 'results_table', 'plot_curves', 'loader_throughput', 'cli_register', 'cli_train', 'main']
+           'manifest_methods', 'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup',
+           'cmo_paste', 'class_balanced_weights', 'classifier_config', 'lr_at', 'ItemsDataset', 'accuracy_report',
+           'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict', 'train_classifier', 'load_classifier',
+           'classify_images', 'summarize', 'run_seeds', 'results_table', 'plot_curves', 'loader_throughput',
+           'cli_register', 'cli_train', 'main']
 
-# %% ../nbs/40_classify.ipynb #fda6c392
+# %% ../nbs/40_classify.ipynb #da0bf403
 def _strip_prefixes(sd: dict) -> dict:
     for pre in ('module.', '_orig_mod.', 'model.'):
         if sd and all(k.startswith(pre) for k in sd): sd = {k[len(pre):]: v for k, v in sd.items()}
@@ -68,11 +70,12 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
 def _head_prefix(model) -> str:
     return (getattr(model, 'pretrained_cfg', None) or {}).get('classifier', 'fc') or 'fc'
 
-def load_backbone_weights(model: nn.Module, path, # a state-dict file or a folder
+def load_backbone_weights(model: nn.Module, path, # a state-dict file or a folder (or the state dict itself)
                           match: str='name', # `name`: keys must match; `order`: same tensors in the same order, other names
                           ) -> dict:
     "Load a local checkpoint into `model`; re-initialise a head of the wrong size, raise on any other mismatch."
-    sd, own = read_state_dict(path), model.state_dict()
+    sd, own = (dict(path) if isinstance(path, dict) else read_state_dict(path)), model.state_dict()
+    if isinstance(path, dict): path = '<state dict>'
     if match == 'order':
         a = [(k, v) for k, v in own.items() if not k.endswith('num_batches_tracked')]
         b = [v for k, v in sd.items() if not k.endswith('num_batches_tracked')]
@@ -111,6 +114,7 @@ def build_backbone(name: str='resnet18', # a timm model name, optionally with a 
                    **kwargs) -> nn.Module:
     "A timm classifier with `num_classes` outputs, randomly initialised, from the hub or from a local checkpoint."
     import timm
+    if name in NAMED_BACKBONES: return NAMED_BACKBONES[name](num_classes, pretrained, stem=stem, **kwargs)
     if pretrained is True or pretrained == 'hub':
         try: model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as e:
@@ -125,6 +129,60 @@ def build_backbone(name: str='resnet18', # a timm model name, optionally with a 
         c = model.conv1; model.conv1 = nn.Conv2d(c.in_channels, c.out_channels, 3, 1, 1, bias=False); model.maxpool = nn.Identity()
     elif stem != 'timm': raise ValueError(f"stem={stem!r}: use 'timm' or 'cifar'")
     return model
+
+# %% ../nbs/40_classify.ipynb #c6b391ec
+SWAG_VIT = 'vit_base_patch16_384.swag_e2e_in1k'
+BATCH_TABLE = {'resnet50@224': 256, 'resnet50@448': 64, 'vit_b16@384': 32}
+
+_TV_VIT_BLOCK = (('ln_1.', 'norm1.'), ('ln_2.', 'norm2.'), ('self_attention.in_proj_weight', 'attn.qkv.weight'),
+                 ('self_attention.in_proj_bias', 'attn.qkv.bias'), ('self_attention.out_proj.', 'attn.proj.'),
+                 ('mlp.0.', 'mlp.fc1.'), ('mlp.3.', 'mlp.fc2.'), ('mlp.linear_1.', 'mlp.fc1.'), ('mlp.linear_2.', 'mlp.fc2.'))
+
+def torchvision_vit_to_timm(sd: dict) -> dict:
+    "A torchvision `VisionTransformer` state dict with timm's `VisionTransformer` key names (same tensors, same packing)."
+    top = {'class_token': 'cls_token', 'encoder.pos_embedding': 'pos_embed', 'conv_proj.weight': 'patch_embed.proj.weight',
+           'conv_proj.bias': 'patch_embed.proj.bias', 'encoder.ln.weight': 'norm.weight', 'encoder.ln.bias': 'norm.bias',
+           'heads.head.weight': 'head.weight', 'heads.head.bias': 'head.bias'}
+    out, pre = {}, 'encoder.layers.encoder_layer_'
+    for k, v in sd.items():
+        if k in top: out[top[k]] = v; continue
+        if k.startswith(pre):
+            i, rest = k[len(pre):].split('.', 1)
+            new = next((rest.replace(a, b, 1) for a, b in _TV_VIT_BLOCK if rest.startswith(a)), None)
+            if new is not None: out[f'blocks.{i}.{new}'] = v; continue
+        raise ValueError(f"torchvision ViT key {k!r} has no timm counterpart (a ViT with pre-logits or another variant?)")
+    return out
+
+def _build_swag_vit(num_classes: int, pretrained, stem: str='timm', **kwargs) -> nn.Module:
+    import timm
+    if stem != 'timm': raise ValueError(f"stem={stem!r}: {SWAG_VIT} has no ResNet stem; use stem='timm'")
+    model = timm.create_model('vit_base_patch16_384', pretrained=False, num_classes=num_classes, **kwargs)
+    if pretrained is True or pretrained == 'hub':
+        from torchvision.models import ViT_B_16_Weights
+        try: sd = ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1.get_state_dict(progress=False)
+        except Exception as e:
+            raise RuntimeError(f"could not get torchvision's SWAG ViT-B/16 weights ({type(e).__name__}: {str(e)[:200]}); offline, pass "
+                               f"pretrained=<the torchvision state-dict file, vit_b_16_swag-9ac1b537.pth>") from e
+    elif pretrained: sd = read_state_dict(pretrained)
+    else: return model
+    load_backbone_weights(model, torchvision_vit_to_timm(sd) if 'conv_proj.weight' in sd else sd)
+    return model
+
+NAMED_BACKBONES: dict[str, Callable] = {SWAG_VIT: _build_swag_vit}   # names timm does not know: name -> builder
+
+def default_batch_size(backbone: str, img_size: int) -> int|None:
+    "The papers' batch size for this backbone and resolution (`BATCH_TABLE`), or None."
+    return BATCH_TABLE.get(backbone_key(backbone, img_size) or '')
+
+def weights_source(backbone: str, pretrained) -> str:
+    "Where `build_backbone(backbone, pretrained=...)` takes its weights from, without downloading anything."
+    if not pretrained: return 'random initialisation'
+    if pretrained not in (True, 'hub'): return f'local file {pretrained}'
+    if backbone == SWAG_VIT: return 'torchvision ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1 (SWAG end-to-end, 384 px)'
+    from timm.models import get_pretrained_cfg
+    c = get_pretrained_cfg(backbone)
+    if c is None: return f'timm hub: {backbone} (no such pretrained tag)'
+    return f"timm hub: {c.hf_hub_id or backbone} (origin {c.url or c.origin_url or '?'})"
 
 # %% ../nbs/40_classify.ipynb #de06fee3
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -369,6 +427,42 @@ class SyntheticMixDataset(Dataset):
             x = self.transform(img)
         return x, y.clone()
 
+# %% ../nbs/40_classify.ipynb #928af444
+def manifest_methods(rows) -> dict[str, list[str]]:
+    "The generating method of each manifest among `rows`: `{method: [manifest files]}` (from the rows, else the folder's `plan.json`)."
+    out, plans = {}, {}
+    for r in rows:
+        mf = r.get('manifest') or '<rows>'; m = r.get('method')
+        if not m and mf != '<rows>':
+            if mf not in plans:
+                pj = Path(mf).parent/'plan.json'
+                plans[mf] = (load_json(pj).get('method') if pj.exists() else None)
+            m = plans[mf]
+        files = out.setdefault(m or '?', [])
+        if mf not in files: files.append(mf)
+    return out
+
+def resolve_classifier_use(split: Split, rows, # the training split and the synthetic rows (`read_manifest`)
+                           mode: str|None=None, p: float|None=None, # explicit choices win
+                           ) -> dict:
+    "The mode and p to train with, and why: `{mode, p, method, source}`."
+    methods = manifest_methods(rows) if rows else {}
+    names = sorted(methods)
+    if mode is not None:
+        return dict(mode=mode, p=default_p(mode, split) if p is None else float(p), method=names[0] if len(names) == 1 else names or None,
+                    source='explicit mode' + (' and p' if p is not None else ' (its default p)'))
+    if not rows: return dict(mode='none', p=0.0 if p is None else float(p), method=None, source='no synthetic images')
+    if len(names) > 1:
+        a, b = names[:2]
+        raise ValueError(f"the manifests come from different methods, {a!r} ({', '.join(methods[a][:2])}) and {b!r} "
+                         f"({', '.join(methods[b][:2])}), which the classifier uses differently; pass --mode (and --p) to say "
+                         f"how to mix them, or train on one method's manifests")
+    from diffmix_nb.generate import classifier_use
+    m = names[0]
+    try: u = classifier_use(m, split); mode, q, source = u['mode'], u['p'], f'registered for {m}'
+    except KeyError: mode, q, source = 'uniform', default_p('uniform', split), f'no classifier use registered for {m!r}: uniform (Diff-Mix\'s)'
+    return dict(mode=mode, p=q if p is None else float(p), method=m, source=source + (' (p explicit)' if p is not None else ''))
+
 # %% ../nbs/40_classify.ipynb #96d16425
 def smooth_targets(y: torch.Tensor, eps: float=0.1, style: str='reference') -> torch.Tensor:
     "Label smoothing of (soft) targets: `eps/(C-1) + (1-eps)*y` (reference, not renormalised) or `eps/C + (1-eps)*y`."
@@ -430,7 +524,7 @@ def class_balanced_weights(counts: Sequence[int], beta: float=0.9999) -> torch.T
     w = (1 - beta) / (1 - beta ** n)
     return (w / w.sum() * len(counts)).float()
 
-# %% ../nbs/40_classify.ipynb #5760d488
+# %% ../nbs/40_classify.ipynb #32bbfcef
 CLASSIFIER_DEFAULTS = dict(
     backbone='resnet18', pretrained=False, stem='timm', img_size=32, epochs=30, batch_size=64, lr=0.05, momentum=0.9,
     weight_decay=5e-4, warmup=0.1, schedule='cosine', milestones=[0.8, 0.9], lr_factors=[0.01, 1e-4],
@@ -457,6 +551,9 @@ def classifier_config(split: Split|None=None, cfg: dict|None=None, preset: str='
     if 'lr' not in user and split is not None:
         t = default_lr(split.dataset, out['backbone'], out['img_size'], recipe)
         if t is not None: out['lr'], out['lr_source'] = t, 'LR_TABLE'
+    if 'batch_size' not in user and not (recipe == 'longtail' and out['img_size'] >= 224):
+        b = default_batch_size(out['backbone'], out['img_size'])
+        if b is not None: out['batch_size'] = b
     for k, ok in (('selection', SELECTIONS), ('loss', LOSSES), ('schedule', ('cosine', 'step'))):
         if out[k] not in ok: raise ValueError(f"{k}={out[k]!r}: use one of {ok}")
     if out['mode'] is not None and out['mode'] not in MODES: raise ValueError(f"mode={out['mode']!r}: use one of {MODES}")
@@ -528,7 +625,7 @@ def load_groups(path, column: str='group', id_column: str='id') -> dict[str, str
             raise ValueError(f"{path}: needs columns {id_column!r} and {column!r}, has {rd.fieldnames}")
         return {r[id_column]: r[column] for r in rd}
 
-# %% ../nbs/40_classify.ipynb #454c6998
+# %% ../nbs/40_classify.ipynb #41c1973b
 class NonFiniteLossError(RuntimeError): "The training loss became NaN or infinite."
 
 class EpochSampler(Sampler):
@@ -624,8 +721,7 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
     elif isinstance(manifests, list) and manifests and isinstance(manifests[0], dict):
         rows = ManifestRows(manifests, sources=[dict(path='<rows>', rows=len(manifests))])
     else: rows = read_manifest(manifests, verify=cfg['verify_manifest']) if manifests else ManifestRows()
-    if cfg['mode'] is None: cfg['mode'] = 'uniform' if rows else 'none'
-    if cfg['p'] is None: cfg['p'] = default_p(cfg['mode'], split)
+    use = resolve_classifier_use(split, rows, cfg['mode'], cfg['p']); cfg['mode'], cfg['p'] = use['mode'], use['p']
     if rows and cfg['mode'] == 'none': warnings.warn("manifests given with mode='none': the synthetic images are not used", stacklevel=2)
     C, E, bs = split.num_classes, int(cfg['epochs']), int(cfg['batch_size'])
     train_items = guard_trainable(split.train_items, 'classifier training')
@@ -766,7 +862,7 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
     res = dict(format='diffmix_nb.results/1', status='finished', run_key=key, seed=seed, protocol=label,
                selection=cfg['selection'], selected_epoch=sel_epoch, test_acc=sel_rep['acc'], test_acc_last=last_rep['acc'],
                test_acc_oracle=oracle, val_acc=curves['val_acc'][sel_epoch], val_acc_last=curves['val_acc'][-1],
-               test=sel_rep, test_last=last_rep, mode=cfg['mode'], p=cfg['p'], config=cfg, num_classes=C, class_names=split.class_names,
+               test=sel_rep, test_last=last_rep, mode=cfg['mode'], p=cfg['p'], classifier_use=use, config=cfg, num_classes=C, class_names=split.class_names,
                split=dict(path=split.path, hash=split.hash, dataset=split.dataset, shots=split.shots, imbalance=split.imbalance,
                           train=len(train_items), val=len(val_items), test=len(test_items), test_subset=len(test_items) < len(split.test_items)),
                manifests=sources, synthetic_rows=len(rows), skipped_rows=len(getattr(rows, 'skipped', [])),
@@ -802,7 +898,7 @@ def classify_images(model: nn.Module, images: Sequence[Image.Image], transform: 
         out.append(model(x).float().softmax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/40_classify.ipynb #13cadc31
+# %% ../nbs/40_classify.ipynb #fc2d431c
 SUMMARY_METRICS = ('test_acc', 'test_acc_last', 'test_acc_oracle', 'val_acc')
 
 def summarize(runs: Sequence[dict]) -> dict:
@@ -822,7 +918,7 @@ def run_seeds(split: Split|str|Path, manifests=(), cfg: dict|None=None, seeds: S
             for s in seeds]
     r0 = runs[0]
     res = dict(format='diffmix_nb.seeds/1', name=name or r0['mode'], seeds=list(seeds), protocol=r0['protocol'],
-               selection=r0['selection'], mode=r0['mode'], p=r0['p'], summary=summarize(runs), runs=runs)
+               selection=r0['selection'], mode=r0['mode'], p=r0['p'], classifier_use=r0.get('classifier_use'), summary=summarize(runs), runs=runs)
     if out_dir is not None: save_json(_clean(res), Path(out_dir)/'summary.json')
     return res
 
@@ -896,7 +992,7 @@ def loader_throughput(split: Split|str|Path, manifests=(), mode: str='uniform', 
                       f"{out['train_images_per_s'] or 0:.0f} images/s")
     return out
 
-# %% ../nbs/40_classify.ipynb #3d9dea3b
+# %% ../nbs/40_classify.ipynb #9c306ab7
 def cli_register(sub) -> None:
     "Add `diffmix train` to an argparse subparsers object."
     p = sub.add_parser('train', help='train and evaluate a classifier on a split file (+ synthetic manifests)',
@@ -904,7 +1000,8 @@ def cli_register(sub) -> None:
                                    "from generation manifests; select the epoch on validation; report test accuracy over seeds.")
     p.add_argument('--split', required=True, help='split file (diffmix data split)')
     p.add_argument('--manifest', action='append', default=[], help='manifest.jsonl or its folder (repeatable)')
-    p.add_argument('--mode', choices=MODES, help='how synthetic rows replace real fetches (default: uniform with manifests, else none)')
+    p.add_argument('--mode', choices=MODES, help="how synthetic rows replace real fetches (default: the classifier use registered for "
+                                                 "the manifests' method, e.g. same-class p 0.5 for diff-ii; none without manifests)")
     p.add_argument('--p', type=float, help='replacement probability (default per mode, METHODS.md section 7)')
     p.add_argument('--preset', default='tiny', help='tiny, sd15 or a preset .json')
     p.add_argument('--backbone', help='timm model name'); p.add_argument('--pretrained', help="'hub' or a local checkpoint file/folder")
@@ -935,9 +1032,12 @@ def cli_train(args) -> int:
     try:
         split = Split.load(args.split); cfg = _cfg_from_args(args)
         groups = load_groups(args.groups, args.group_column) if args.groups else None
-        out = args.out or Path('runs/train')/safe_name(f"{Path(args.split).stem}-{cfg.get('mode') or ('uniform' if args.manifest else 'none')}-"
+        rows = read_manifest(args.manifest, verify=classifier_config(split, cfg, args.preset)['verify_manifest']) if args.manifest else ManifestRows()
+        use = resolve_classifier_use(split, rows, cfg.get('mode'), cfg.get('p'))
+        if not args.json: print(f"classifier use: mode {use['mode']}, p {use['p']:g} ({use['source']})", flush=True)
+        out = args.out or Path('runs/train')/safe_name(f"{Path(args.split).stem}-{use['mode']}-"
                                                    f"{derive_seed(json.dumps(cfg, sort_keys=True), args.manifest, args.preset):08x}")
-        res = run_seeds(split, args.manifest, cfg, seeds=args.seeds, out_dir=out, preset=args.preset, groups=groups,
+        res = run_seeds(split, rows, cfg, seeds=args.seeds, out_dir=out, preset=args.preset, groups=groups,
                         progress=not args.json)
     except NonFiniteLossError as e: print(f"error: {e}", file=sys.stderr); return 3
     except (FileNotFoundError, ValueError, KeyError, TestSplitLeakError) as e: print(f"error: {e}", file=sys.stderr); return 2

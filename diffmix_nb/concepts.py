@@ -22,21 +22,24 @@ from .core import (TINY_SD, quiet_hub_logs, get_preset, derive_seed, safe_name, 
 from .data import ClassInfo, Item, Split, guard_trainable
 
 # %% auto #0
-__all__ = ['CONCEPTS_FORMAT', 'CONCEPTS_JSON', 'LORA_WEIGHTS', 'EMBEDS_DIR', 'KTN_TOKEN_ID', 'LORA_TARGETS', 'MODES', 'INITS',
-           'SD15_UNET', 'SD15_VAE', 'SD15_TEXT', 'SD15_SCHEDULER', 'class_token', 'vector_tokens', 'prompt_name',
-           'class_prompt', 'NewTokenEmbedding', 'FinetuneConfig', 'finetune_config', 'resize_short_side',
-           'load_base_parts', 'ConceptTrainer', 'save_concepts', 'ConceptsError', 'ConceptClass', 'Concepts',
-           'learn_concepts', 'import_official', 'denoising_loss', 'build_sd15_random', 'benchmark_finetune',
+__all__ = ['CONCEPTS_FORMAT', 'CONCEPTS_JSON', 'LORA_WEIGHTS', 'EMBEDS_DIR', 'KTN_TOKEN_ID', 'LORA_TARGETS', 'MODES',
+           'CONCEPT_RECIPES', 'INITS', 'SD15_UNET', 'SD15_VAE', 'SD15_TEXT', 'SD15_SCHEDULER', 'class_token',
+           'vector_tokens', 'prompt_name', 'class_prompt', 'NewTokenEmbedding', 'FinetuneConfig', 'finetune_config',
+           'resize_short_side', 'load_base_parts', 'ConceptTrainer', 'save_concepts', 'ConceptsError', 'ConceptClass',
+           'Concepts', 'learn_concepts', 'import_official', 'denoising_loss', 'build_sd15_random', 'benchmark_finetune',
            'cli_register']
 
-# %% ../nbs/20_concepts.ipynb #74954b93
+# %% ../nbs/20_concepts.ipynb #faf8c973
 CONCEPTS_FORMAT = 'diffmix_nb.concepts/1'
 CONCEPTS_JSON = 'concepts.json'
 LORA_WEIGHTS = 'pytorch_lora_weights.safetensors'
 EMBEDS_DIR = 'learned_embeds'
 KTN_TOKEN_ID = 42170                     # CLIP's piece `ktn`: the reference initialisation of every new row
 LORA_TARGETS = ('to_q', 'to_k', 'to_v', 'to_out.0')
-MODES = ('ti+lora', 'ti', 'lora')
+MODES = ('ti+lora', 'ti', 'lora', 'da-fusion')
+CONCEPT_RECIPES = {   # named modes that are a whole recipe: TI only, with their own hyper-parameters and prompt
+    'da-fusion': dict(num_vectors=4, init='classname', steps=2000, lr_ti=5e-4, scale_lr=True, batch_size=8, superclass_in_prompt=False),
+}
 INITS = ('ktn', 'superclass', 'classname')
 
 def class_token(label: int) -> str:
@@ -76,11 +79,11 @@ class NewTokenEmbedding(torch.nn.Module):
         emb.weight.data[self.start:self.start + len(self.rows)] = self.rows.data.to(emb.weight.dtype)
         return emb
 
-# %% ../nbs/20_concepts.ipynb #f6640465
+# %% ../nbs/20_concepts.ipynb #51f20e89
 @dataclass
 class FinetuneConfig:
     "Hyper-parameters of concept learning (TI + LoRA)."
-    mode: str = 'ti+lora'          # `ti+lora`, `ti` (textual inversion only) or `lora` (LoRA only, class names in prompts)
+    mode: str = 'ti+lora'          # `ti+lora`, `ti` (textual inversion only), `lora` (LoRA only, class names in prompts), `da-fusion`
     steps: int = 300               # optimiser steps
     batch_size: int = 16           # images per step and process
     resolution: int = 32           # training crop side in pixels
@@ -97,7 +100,9 @@ class FinetuneConfig:
     checkpoint_every: int = 100    # steps between checkpoints (0: only at the end)
     mixed_precision: str = 'no'    # `no`, `fp16` or `bf16` (accelerate; fp16 needs CUDA)
     cache_latents: bool = True     # encode every image (and its flip) once with the frozen VAE
-    class_balanced: bool = False   # draw images with weight 1/n_c (long-tail)
+    class_balanced: bool = False   # draw images with weight 1/n_c (long-tail; `learn_concepts` turns it on for long-tail splits)
+    superclass_in_prompt: bool = True   # `a photo of a <class_i> {superclass}`; False: `a photo of a <class_i>` (DA-Fusion)
+    scale_lr: bool = False         # multiply lr_ti by the global batch (batch_size x processes), as DA-Fusion's recipe does
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -106,7 +111,7 @@ class FinetuneConfig:
         if self.num_vectors < 1: raise ValueError(f"num_vectors={self.num_vectors}: must be >= 1")
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision={self.mixed_precision!r}: use no, fp16 or bf16")
     @property
-    def uses_ti(self) -> bool: return self.mode in ('ti+lora', 'ti')
+    def uses_ti(self) -> bool: return self.mode in ('ti+lora', 'ti', 'da-fusion')
     @property
     def uses_lora(self) -> bool: return self.mode in ('ti+lora', 'lora')
     def resume_key(self) -> dict:
@@ -120,6 +125,8 @@ def finetune_config(preset: str|dict='tiny', # preset name, JSON path, or a pres
     ft = dict(p.get('finetune', {}))
     if 'init_token' in ft: ft['init'] = ft.pop('init_token')
     ft.setdefault('resolution', p.get('resolution', 32))
+    mode = overrides.get('mode') or ft.get('mode')
+    if mode in CONCEPT_RECIPES: ft.update(CONCEPT_RECIPES[mode], mode=mode)   # the recipe replaces the preset's values
     names = {f.name for f in fields(FinetuneConfig)}
     bad = [k for k, v in overrides.items() if k not in names and v is not None]
     if bad: raise TypeError(f"unknown fine-tuning option(s) {bad}; known: {sorted(names)}")
@@ -167,7 +174,7 @@ def _accelerator(mixed_precision: str='no', device=None):
     if AcceleratorState._shared_state and PartialState().num_processes == 1: AcceleratorState._reset_state(True)
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
-# %% ../nbs/20_concepts.ipynb #62eab14e
+# %% ../nbs/20_concepts.ipynb #11a72eaa
 class ConceptTrainer:
     "Textual inversion + LoRA on a frozen Stable Diffusion, trained in memory from PIL images."
     def __init__(self, images: list, # PIL images (any size) of the training set
@@ -242,7 +249,7 @@ class ConceptTrainer:
         # -- optimiser and accelerate
         groups = []
         if cfg.uses_lora: groups.append(dict(params=self.lora_params, lr=cfg.lr_lora))
-        if cfg.uses_ti: groups.append(dict(params=[self.rows], lr=cfg.lr_ti))
+        if cfg.uses_ti: groups.append(dict(params=[self.rows], lr=cfg.lr_ti * (cfg.batch_size * acc.num_processes if cfg.scale_lr else 1)))
         opt = torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
         self._unet_t, self._te_t = unet, te
         if cfg.uses_lora and cfg.uses_ti: self._unet_t, self._te_t, self.optimizer = acc.prepare(unet, te, opt)
@@ -281,7 +288,7 @@ class ConceptTrainer:
     def prompt(self, label: int, suffix: str='') -> str:
         "The training prompt of class `label` (`a photo of a <class_i> {superclass}`; class name in LoRA-only mode)."
         c = next(c for c in self.classes if c.label == label)
-        return class_prompt(class_token(label) if self.cfg.uses_ti else prompt_name(c.name), c.superclass, suffix)
+        return class_prompt(class_token(label) if self.cfg.uses_ti else prompt_name(c.name), c.superclass if self.cfg.superclass_in_prompt else '', suffix)
 
     def expand(self, prompt: str) -> str:
         "Spell out multi-vector tokens (`<class_i>` -> `<class_i> <class_i>_1 ...`) as diffusers' pipelines do."
@@ -466,7 +473,7 @@ def _listify(o):
 def _tuplify(o):
     return tuple(_tuplify(x) for x in o) if isinstance(o, (tuple, list)) else o
 
-# %% ../nbs/20_concepts.ipynb #61a020ff
+# %% ../nbs/20_concepts.ipynb #98317377
 def _versions() -> dict:
     import diffusers, transformers, peft
     return dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__, peft=peft.__version__)
@@ -512,7 +519,8 @@ def save_concepts(trainer: ConceptTrainer, # a trained (or untrained: steps 0) t
         sp = None if split is None else dict(path=split.path, hash=split.hash, dataset=split.dataset, shots=split.shots,
                                              imbalance=split.imbalance, seed=split.seed)
         info = dict(format=CONCEPTS_FORMAT, base_model=trainer.base_model, mode=cfg.mode, num_vectors=cfg.num_vectors if cfg.uses_ti else 0,
-                    prompt_template='a photo of a {token} {superclass}' if cfg.uses_ti else 'a photo of a {name} {superclass}',
+                    prompt_template=('a photo of a {token}' if cfg.uses_ti else 'a photo of a {name}') + (' {superclass}' if cfg.superclass_in_prompt else ''),
+                    superclass_in_prompt=cfg.superclass_in_prompt,
                     classes=classes, lora=LORA_WEIGHTS if cfg.uses_lora else None, steps_done=trainer.step,
                     final_loss=float(np.mean(trainer.losses[-10:])) if trainer.losses else None, config=asdict(cfg),
                     split=sp, n_train_images=len(trainer.labels), train_meta=trainer.meta, versions=_versions(), **(extra or {}))
@@ -522,7 +530,7 @@ def save_concepts(trainer: ConceptTrainer, # a trained (or untrained: steps 0) t
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-# %% ../nbs/20_concepts.ipynb #3956b300
+# %% ../nbs/20_concepts.ipynb #8c3b5749
 class ConceptsError(ValueError): "A pipeline or concepts folder that does not match the learned concepts."
 
 @dataclass
@@ -582,7 +590,7 @@ class Concepts:
         c = self[label]; return c.token or prompt_name(c.name)
     def prompt(self, label: int, suffix: str='') -> str:
         "`a photo of a <class_i> {superclass} {suffix}` (class name instead of the token without TI)."
-        return class_prompt(self.word(label), self[label].superclass, suffix)
+        return class_prompt(self.word(label), self[label].superclass if self.info.get('superclass_in_prompt', True) else '', suffix)
     def expand(self, prompt: str) -> str:
         "Spell out multi-vector tokens as diffusers pipelines do (`maybe_convert_prompt`), for code that tokenizes itself."
         for c in self.classes:
@@ -647,7 +655,7 @@ class Concepts:
     def __repr__(self):
         return f"Concepts(mode={self.mode!r}, classes={self.num_classes}, base_model={self.base_model!r}, root={str(self.root) if self.root else None!r})"
 
-# %% ../nbs/20_concepts.ipynb #54cbf023
+# %% ../nbs/20_concepts.ipynb #686d654e
 def _items_digest(items) -> str:
     import hashlib
     return hashlib.sha1('\n'.join(f'{it.id}:{it.label}:{it.sha1}' for it in items).encode()).hexdigest()[:16]
@@ -674,6 +682,7 @@ def learn_concepts(split, # a `Split` or the path of a split file
     "Learn one token per class (+ a shared LoRA) from the split's training images; returns the concepts folder."
     split = split if isinstance(split, Split) else Split.load(split)
     p = get_preset(preset) if isinstance(preset, str) else preset
+    if class_balanced is None and 'class_balanced' not in p.get('finetune', {}): class_balanced = split.imbalance is not None
     cfg = finetune_config(p, mode=mode, steps=steps, batch_size=batch_size, resolution=resolution, lr_lora=lr_lora, lr_ti=lr_ti,
                           rank=rank, alpha=alpha, init=init, num_vectors=num_vectors, seed=seed, checkpoint_every=checkpoint_every,
                           mixed_precision=mixed_precision, cache_latents=cache_latents, class_balanced=class_balanced)
@@ -867,7 +876,7 @@ def _replace_cfg(obj, **kw):
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
-# %% ../nbs/20_concepts.ipynb #264594c9
+# %% ../nbs/20_concepts.ipynb #cb5914fd
 def cli_register(sub):
     "Add `diffmix finetune` to the `diffmix` argument parser."
     p = sub.add_parser('finetune', help='learn class concepts (textual inversion + LoRA) from a split file',
@@ -883,7 +892,8 @@ def cli_register(sub):
     p.add_argument('--lr-lora', type=float); p.add_argument('--lr-ti', type=float)
     p.add_argument('--rank', type=int); p.add_argument('--alpha', type=float)
     p.add_argument('--init', choices=INITS); p.add_argument('--num-vectors', type=int)
-    p.add_argument('--class-balanced', action='store_true', default=None, help='draw images with weight 1/n_c (long-tail)')
+    p.add_argument('--class-balanced', action='store_true', default=None, help='draw images with weight 1/n_c (default on a long-tail split)')
+    p.add_argument('--no-class-balanced', dest='class_balanced', action='store_false', help='draw images uniformly even on a long-tail split')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--checkpoint-every', type=int)
     p.add_argument('--mixed-precision', choices=('no', 'fp16', 'bf16'))

@@ -20,7 +20,7 @@ __all__ = ['PACKAGE_DIR', 'ASSETS_DIR', 'TINY_SD', 'TINY_IP2P', 'PRESETS', 'get_
            'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'default_device', 'resolve_dtype',
            'quiet_hub_logs']
 
-# %% ../nbs/00_core.ipynb #a2031834
+# %% ../nbs/00_core.ipynb #defec8fe
 PACKAGE_DIR = Path(__file__).parent if '__file__' in globals() else Path('../diffmix_nb').resolve()
 ASSETS_DIR = PACKAGE_DIR/'assets'
 TINY_SD = ASSETS_DIR/'tiny-sd'          # the shipped miniature text-to-image model (diffusers folder)
@@ -49,7 +49,7 @@ PRESETS: dict[str, dict] = {
                       gamma=0.5, kappa=1.0, scheduler='dpm++', mixed_precision='fp16'),
         diffii=dict(inversion_steps=200, num_inference_steps=25, guidance_scale=7.5, expansion=5),
         diffusemix=dict(num_inference_steps=100, guidance_scale=4.0, image_guidance_scale=1.5, resolution=256, lam=0.2),
-        classifier=dict(backbone='resnet50', pretrained=True, img_size=224, epochs=120, batch_size=256, lr=0.05,
+        classifier=dict(backbone='resnet50.tv_in1k', pretrained=True, img_size=224, epochs=120, batch_size=256, lr=0.05,   # torchvision IMAGENET1K_V1
                         weight_decay=5e-4, warmup=0.1, label_smoothing=0.1, amp=True, num_workers=8),
     ),
 }

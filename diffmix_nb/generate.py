@@ -23,12 +23,13 @@ from .core import (get_preset, derive_seed, atomic_write, save_json, load_json, 
 from .data import Split, Item
 
 # %% auto #0
-__all__ = ['STRENGTH_SETS', 'METHODS', 'PLAN_FORMAT', 'SAMPLERS', 'MANIFEST_FIELDS', 'SD15_H100_ROOFLINE', 'soft_label',
-           'label_weights', 'parse_strength', 'draw_strength', 'Task', 'MethodSpec', 'register_method', 'PlanRequest',
-           'plan_translations', 'plan_dafusion', 'Plan', 'plain_prompts', 'load_concepts', 'load_method_plugins',
-           'make_plan', 'set_scheduler', 'encode_prompts', 'translate', 'text_to_image', 'GenContext',
-           'register_sampler', 'sample_img2img', 'sample_txt2img', 'manifest_row', 'Manifest', 'image_relpath',
-           'merge_manifests', 'final_manifest', 'generate', 'generation_status', 'clip_filter', 'random_sd15_pipeline',
+__all__ = ['STRENGTH_SETS', 'METHODS', 'CLASSIFIER_USES', 'PLAN_FORMAT', 'SAMPLERS', 'MANIFEST_FIELDS', 'SD15_H100_ROOFLINE',
+           'soft_label', 'label_weights', 'parse_strength', 'draw_strength', 'Task', 'MethodSpec', 'register_method',
+           'PlanRequest', 'plan_translations', 'plan_dafusion', 'ClassifierUse', 'register_classifier_use',
+           'classifier_use', 'Plan', 'plain_prompts', 'load_concepts', 'load_method_plugins', 'make_plan',
+           'set_scheduler', 'encode_prompts', 'translate', 'text_to_image', 'GenContext', 'register_sampler',
+           'sample_img2img', 'sample_txt2img', 'manifest_row', 'Manifest', 'image_relpath', 'merge_manifests',
+           'final_manifest', 'generate', 'generation_status', 'clip_filter', 'random_sd15_pipeline',
            'benchmark_generate', 'cli_register']
 
 # %% ../nbs/30_generate.ipynb #f5973009
@@ -224,6 +225,59 @@ register_method('real-filter', partial(plan_translations, target='same', soft=Fa
 register_method('da-fusion', plan_dafusion, prompts='ti', defaults=dict(strength='dafusion'),
                 doc='TI-only concepts, M img2img variants per real image, strength in {0.25, 0.5, 0.75, 1.0}')
 
+# %% ../nbs/30_generate.ipynb #f449da3c
+@dataclass
+class ClassifierUse:
+    "How a classifier mixes one method's images into training (a `classify.SyntheticMixDataset` mode and its p)."
+    mode: str                        # uniform, same-class, own-variants, long-tail, concat or none
+    p: float|None = None             # replacement probability; None: the mode's default for the split (`classify.default_p`)
+    longtail_mode: str|None = None   # the mode on a long-tail split (None: `mode`)
+    longtail_p: float|None = None    # p on a long-tail split (None: `p`, else the default of `longtail_mode`)
+    protocols: dict = field(default_factory=dict)   # other named uses: {name: {'mode': ..., 'p': ...}}
+    doc: str = ''
+
+CLASSIFIER_USES: dict[str, ClassifierUse] = {}
+
+def register_classifier_use(method: str, # a method name of `METHODS`
+                            mode: str, p: float|None=None, longtail_mode: str|None=None, longtail_p: float|None=None,
+                            protocols: dict|None=None, # alternative named uses, e.g. {'replace': dict(mode='own-variants', p=0.5)}
+                            doc: str='') -> ClassifierUse:
+    "Register (or replace) how the classifier uses `method`'s images by default (its `reference` protocol)."
+    from diffmix_nb.classify import MODES
+    for m in [mode, longtail_mode] + [v.get('mode') for v in (protocols or {}).values()]:
+        if m is not None and m not in MODES: raise ValueError(f"classifier use of {method!r}: mode={m!r}, use one of {MODES}")
+    for q in [p, longtail_p] + [v.get('p') for v in (protocols or {}).values()]:
+        if q is not None and not 0 <= q <= 1: raise ValueError(f"classifier use of {method!r}: p={q} is not a probability in [0, 1]")
+    CLASSIFIER_USES[method] = ClassifierUse(mode, p, longtail_mode, longtail_p, dict(protocols or {}), doc)
+    return CLASSIFIER_USES[method]
+
+def classifier_use(method: str, # a method name (as written in plans and manifests)
+                   split=None,  # the training split (its shots and imbalance pick p and the long-tail mode); None: as registered
+                   protocol: str|None=None, # None or 'reference': the method's own use; else a name of its `protocols`
+                   ) -> dict:
+    "The mode and p with which a classifier uses `method`'s images on `split`: `{method, protocol, mode, p, doc}`."
+    if method not in CLASSIFIER_USES: load_method_plugins()
+    if method not in CLASSIFIER_USES:
+        raise KeyError(f"method {method!r} has no registered classifier use (known: {sorted(CLASSIFIER_USES)}); "
+                       f"register one with register_classifier_use, or pass mode= and p= explicitly")
+    u = CLASSIFIER_USES[method]
+    if protocol not in (None, 'reference'):
+        if protocol not in u.protocols:
+            raise KeyError(f"method {method!r} has no classifier protocol {protocol!r}; it has {['reference'] + sorted(u.protocols)}")
+        alt = u.protocols[protocol]; mode, p = alt['mode'], alt.get('p')
+    elif split is not None and getattr(split, 'imbalance', None) is not None and u.longtail_mode is not None:
+        mode, p = u.longtail_mode, u.p if u.longtail_p is None else u.longtail_p
+    else: mode, p = u.mode, u.p
+    if p is None and split is not None:
+        from diffmix_nb.classify import default_p
+        p = default_p(mode, split)
+    return dict(method=method, protocol=protocol or 'reference', mode=mode, p=p, doc=u.doc)
+
+_DIFFMIX_USE = "Diff-Mix: uniform over all synthetic images, p by setting (1-shot 0.5, 5-shot 0.3, full 0.1); long-tail: class ~ 1/(n_c+1), p 0.3"
+for _m in ('diff-mix', 'diff-aug', 'diff-gen', 'real-mix', 'real-aug', 'real-gen', 'real-filter'):
+    register_classifier_use(_m, 'uniform', longtail_mode='long-tail', doc=_DIFFMIX_USE)
+register_classifier_use('da-fusion', 'own-variants', p=0.5, doc="DA-Fusion: one of the fetched image's own variants, p 0.5")
+
 # %% ../nbs/30_generate.ipynb #f12edfa3
 PLAN_FORMAT = 'diffmix_nb.plan/1'
 
@@ -265,7 +319,7 @@ class Plan:
         return '\n'.join(rows)
     def _repr_markdown_(self): return f"**{self.header['method']}**: {len(self)} tasks, hash `{self.hash}`\n\n" + self.table()
 
-# %% ../nbs/30_generate.ipynb #42c846ee
+# %% ../nbs/30_generate.ipynb #951af24a
 def plain_prompts(split: Split, base_model=None):
     "Class-name prompts on the base model (`Concepts.plain`: `a photo of a {name} {superclass}`), for the `real-*` methods."
     from diffmix_nb.concepts import Concepts
@@ -313,15 +367,15 @@ def make_plan(split: Split|str,        # a `Split` or a split file
     concepts_dir = str(concepts) if isinstance(concepts, (str, os.PathLike)) else getattr(concepts, 'root', None)
     if prompts is None:
         if spec.prompts in ('concepts', 'ti'):
-            if concepts is None: raise ValueError(f"method {method!r} needs concepts (--concepts DIR written by `diffmix finetune`) "
-                                                  f"or explicit prompts")
+            if concepts is None: raise ValueError(f"method {method!r} needs concepts (--concepts DIR written by `diffmix finetune"
+                                                  f"{' --mode da-fusion' if spec.prompts == 'ti' else ''}`) or explicit prompts")
             prompts = load_concepts(concepts); source = 'concepts'
         elif spec.prompts == 'plain': prompts = plain_prompts(split, base_model or pre['base_model']); source = 'plain'   # the preset's base model
         else: source = 'none'
     else: source = 'custom'
-    if spec.prompts == 'ti' and getattr(prompts, 'mode', 'ti') != 'ti' and source == 'concepts':
+    if spec.prompts == 'ti' and getattr(prompts, 'mode', 'da-fusion') not in ('da-fusion', 'ti') and source == 'concepts':
         import warnings
-        warnings.warn(f"method {method!r} expects TI-only concepts (mode 'ti'); {concepts} has mode {prompts.mode!r}")
+        warnings.warn(f"method {method!r} expects DA-Fusion's TI-only concepts (`diffmix finetune --mode da-fusion`); {concepts} has mode {prompts.mode!r}")
     if base_model is None: base_model = getattr(prompts, 'base_model', None) or pre['base_model']
     defaults = {**dict(multiplier=g['multiplier'], strength=g['strength'], gamma=g['gamma'], kappa=g['kappa']), **spec.defaults}
     req = PlanRequest(split, method, int(seed),
@@ -331,7 +385,7 @@ def make_plan(split: Split|str,        # a `Split` or a split file
                       num_variants=num_variants, longtail=(split.imbalance is not None) if longtail is None else bool(longtail),
                       prompts=prompts, options=options)
     tasks = list(spec.planner(req))
-    _check_tasks(tasks, split, source)
+    _check_tasks(tasks, split, source if getattr(prompts, 'info', {}).get('superclass_in_prompt', True) else 'custom')
     header = dict(format=PLAN_FORMAT, method=method, sampler=sorted({t.sampler for t in tasks}), prompts=source,
                   options=dict(seed=req.seed, multiplier=req.multiplier, strength=req.strength, gamma=req.gamma,
                                kappa=req.kappa, num_variants=req.num_variants, longtail=req.longtail, **options),

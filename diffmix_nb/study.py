@@ -20,10 +20,10 @@ from .core import ASSETS_DIR, atomic_write, derive_seed, get_preset, load_json, 
 from .data import FMNIST_ROOT, fmnist_arrays
 
 # %% auto #0
-__all__ = ['ORACLE_PATH', 'STUDY_METHODS', 'SETTINGS', 'P_DIFFMIX', 'OracleNet', 'to_oracle_input', 'train_oracle',
-           'oracle_predict', 'load_oracle', 'vendi_score', 'score_images', 'StageTimer', 'tiny_split',
-           'translation_grid', 'save_grid_figure', 'demo', 'bench', 'score_manifest', 'strength_sweep', 'collect_study',
-           'study_table', 'plot_study', 'plot_tradeoff', 'write_report', 'cli_register']
+__all__ = ['ORACLE_PATH', 'STUDY_METHODS', 'SETTINGS', 'OracleNet', 'to_oracle_input', 'train_oracle', 'oracle_predict',
+           'load_oracle', 'vendi_score', 'score_images', 'StageTimer', 'tiny_split', 'translation_grid',
+           'save_grid_figure', 'demo', 'bench', 'score_manifest', 'strength_sweep', 'collect_study', 'study_table',
+           'longtail_table', 'plot_study', 'plot_tradeoff', 'write_report', 'cli_register']
 
 # %% ../nbs/50_study.ipynb #342b24a9
 ORACLE_PATH = ASSETS_DIR/'fmnist-oracle.safetensors'
@@ -202,32 +202,32 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #74aa99a6
+# %% ../nbs/50_study.ipynb #735f859e
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
     'mixup':         dict(gen=None, clf=dict(mode='none', mixup=True)),
     'cmo':           dict(gen=None, clf=dict(mode='none', loss='cmo'), settings=('lt',)),
     'cmo-drw':       dict(gen=None, clf=dict(mode='none', loss='cmo-drw'), settings=('lt',)),
-    'real-guidance': dict(gen='real-aug', clf=dict(mode='uniform')),
-    'real-mix':      dict(gen='real-mix', clf=dict(mode='uniform')),
-    'real-gen':      dict(gen='real-gen', clf=dict(mode='uniform')),
-    'da-fusion':     dict(gen='da-fusion', concepts='ti', gen_kw=dict(num_variants=5), clf=dict(mode='own-variants', p=0.5)),
-    'diff-aug':      dict(gen='diff-aug', clf=dict(mode='uniform')),
-    'diff-gen':      dict(gen='diff-gen', clf=dict(mode='uniform')),
-    'diff-mix':      dict(gen='diff-mix', clf=dict(mode='uniform')),
-    'diff-ii':       dict(gen='diff-ii', clf=dict(mode='same-class', p=0.5)),
-    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='own-variants', p=0.5)),   # METHODS 5.4 'x5 and replacement'
+    'real-guidance': dict(gen='real-aug'),
+    'real-mix':      dict(gen='real-mix'),
+    'real-gen':      dict(gen='real-gen'),
+    'da-fusion':     dict(gen='da-fusion', concepts='da-fusion', gen_kw=dict(num_variants=5)),
+    'diff-aug':      dict(gen='diff-aug'),
+    'diff-gen':      dict(gen='diff-gen'),
+    'diff-mix':      dict(gen='diff-mix'),
+    'diff-ii':       dict(gen='diff-ii'),
+    'diffusemix':    dict(gen='diffusemix', use='replace'),   # the common 'x5 and replacement' protocol, not its own concat
 }
 SETTINGS = ('5shot', '10shot', 'lt')
-P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # METHODS.md 7: 0.3 in 5-shot and long-tail
 
-def _clf_cfg(method: str, setting: str, epochs=None, test_limit=None) -> dict:
-    c = dict(STUDY_METHODS[method]['clf'])
-    if c['mode'] == 'uniform': c.setdefault('p', P_DIFFMIX[setting])
-    if setting == 'lt':
-        if c['mode'] in ('uniform', 'same-class'): c['mode'] = 'long-tail'   # class drawn with prob ~ 1/(n_c + 1)
-        c['shot_thresholds'] = 'auto'
+def _clf_cfg(method: str, setting: str, split=None, epochs=None, test_limit=None) -> dict:
+    "Classifier options of a study row: the registered classifier use of its method (`generate.classifier_use`), long-tail recipe on `lt`."
+    spec = STUDY_METHODS[method]; c = dict(spec.get('clf', {}))
+    if spec['gen']:
+        from diffmix_nb.generate import classifier_use
+        u = classifier_use(spec['gen'], split, protocol=spec.get('use')); c.update(mode=u['mode'], p=u['p'])
+    if setting == 'lt': c.update(recipe='longtail', shot_thresholds='auto')
     if epochs: c['epochs'] = epochs
     if test_limit: c['test_limit'] = test_limit
     return c
@@ -271,7 +271,7 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
         for m in ms:
             with T(f'clf-{m}'):
                 log(f'[{setting}] classifier {m}')
-                r = run_seeds(split, [manifests[m]] if m in manifests else (), _clf_cfg(m, setting, epochs, test_limit), seeds=seeds,
+                r = run_seeds(split, [manifests[m]] if m in manifests else (), _clf_cfg(m, setting, split, epochs, test_limit), seeds=seeds,
                               out_dir=d/'clf'/m, name=m, preset=preset, progress=progress)
             results.setdefault(setting, {})[m] = r['summary']
         save_json(dict(times=T.times), d/f'times-{"-".join(ms) if len(ms) < 4 else "all"}.json')
@@ -331,7 +331,7 @@ def _machine() -> str:
     import torch, diffusers
     return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}; python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}"
 
-# %% ../nbs/50_study.ipynb #5667ddb1
+# %% ../nbs/50_study.ipynb #75bbbf69
 def study_table(study: dict, metric: str='test_acc', digits: int=1) -> str:
     "Markdown table: methods x settings, mean ± std (over seeds) of `metric` (accuracies are in %)."
     sets = list(study['settings']); rows = [f"| method | {' | '.join(sets)} |", '|---' * (len(sets) + 1) + '|']
@@ -341,6 +341,16 @@ def study_table(study: dict, metric: str='test_acc', digits: int=1) -> str:
             v = study['settings'][s]['accuracy'].get(m, {}).get(metric)
             cells.append('-' if not v else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}")
         if any(c != '-' for c in cells): rows.append(f"| {m} | {' | '.join(cells)} |")
+    return '\n'.join(rows)
+
+def longtail_table(study: dict, setting: str='lt', digits: int=1) -> str:
+    "Markdown table of a long-tail setting: overall, many-, medium- and few-shot test accuracy (mean ± std over seeds)."
+    acc = study['settings'][setting]['accuracy']; keys = ('test_acc', 'many', 'medium', 'few')
+    rows = ['| method | all | many | medium | few |', '|---|---|---|---|---|']
+    for m in STUDY_METHODS:
+        if m not in acc: continue
+        cells = [('-' if not acc[m].get(k) else f"{acc[m][k]['mean']:.{digits}f} ± {acc[m][k]['std']:.{digits}f}") for k in keys]
+        rows.append(f"| {m} | {' | '.join(cells)} |")
     return '\n'.join(rows)
 
 def plot_study(study: dict, path=None):
@@ -384,6 +394,8 @@ def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/resul
     md = [f"Created {study['created']}, commit {study['commit']}, {study['machine']}.", '',
           'Test accuracy (%) at the validation-selected epoch, mean ± std over 3 classifier seeds:', '', study_table(study), '',
           'Test accuracy (%) at the last epoch:', '', study_table(study, 'test_acc_last')]
+    if study['settings'].get('lt', {}).get('accuracy'):
+        md += ['', 'Long-tail: test accuracy (%) on many-, medium- and few-shot classes (validation-selected epoch):', '', longtail_table(study)]
     with atomic_write(rd/'tiny_study.md', 'w') as f: f.write('\n'.join(md) + '\n')
     import matplotlib.pyplot as plt
     plt.close(plot_study(study, idir/'study_accuracy.png'))
