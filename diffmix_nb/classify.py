@@ -32,10 +32,10 @@ __all__ = ['SWAG_VIT', 'BATCH_TABLE', 'NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGE
            'default_padding', 'train_transform', 'test_transform', 'denormalize', 'dataset_key', 'backbone_key',
            'default_lr', 'ManifestRows', 'read_manifest', 'soft_target', 'default_p', 'SyntheticMixDataset',
            'manifest_methods', 'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup',
-           'cmo_paste', 'class_balanced_weights', 'classifier_config', 'lr_at', 'ItemsDataset', 'accuracy_report',
-           'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict', 'train_classifier', 'load_classifier',
-           'classify_images', 'summarize', 'run_seeds', 'results_table', 'plot_curves', 'loader_throughput',
-           'cli_register', 'cli_train', 'main']
+           'cmo_paste', 'class_balanced_weights', 'drw_start_epoch', 'cmo_window', 'classifier_config', 'lr_at',
+           'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict',
+           'train_classifier', 'load_classifier', 'classify_images', 'summarize', 'run_seeds', 'results_table',
+           'plot_curves', 'loader_throughput', 'cli_register', 'cli_train', 'main']
 
 # %% ../nbs/40_classify.ipynb #da0bf403
 def _strip_prefixes(sd: dict) -> dict:
@@ -517,12 +517,22 @@ def cmo_paste(x: torch.Tensor, y: torch.Tensor, xm: torch.Tensor, ym: torch.Tens
     a = (y1 - y0) * (x1 - x0) / (H * W)
     return x, (1 - a) * y + a * ym
 
-# %% ../nbs/40_classify.ipynb #c2cc94de
+# %% ../nbs/40_classify.ipynb #cc4fa611
 def class_balanced_weights(counts: Sequence[int], beta: float=0.9999) -> torch.Tensor:
     "Class-balanced weights `(1 - beta) / (1 - beta^n_c)`, normalised to sum to the number of classes."
     n = torch.tensor([max(int(c), 1) for c in counts], dtype=torch.float64)
     w = (1 - beta) / (1 - beta ** n)
     return (w / w.sum() * len(counts)).float()
+
+def drw_start_epoch(cfg: dict, epochs: int) -> int|None:
+    "The first epoch with class-balanced weights (`round(drw_start x epochs)`: 160 of 200), None without DRW."
+    return int(round(cfg['drw_start'] * epochs)) if cfg['loss'] in ('drw', 'cmo-drw') else None
+
+def cmo_window(cfg: dict, epochs: int) -> tuple[int, int]|None:
+    "First and last epoch (inclusive) in which CMO pastes: 2 % of the epochs in from each end (4..196 of 200), None without CMO."
+    if cfg['loss'] not in ('cmo', 'cmo-drw'): return None
+    c0 = max(1, int(round(0.02 * epochs)))
+    return (c0 if cfg['cmo_start'] is None else cfg['cmo_start'], epochs - c0 if cfg['cmo_end'] is None else cfg['cmo_end'])
 
 # %% ../nbs/40_classify.ipynb #32bbfcef
 CLASSIFIER_DEFAULTS = dict(
@@ -625,7 +635,7 @@ def load_groups(path, column: str='group', id_column: str='id') -> dict[str, str
             raise ValueError(f"{path}: needs columns {id_column!r} and {column!r}, has {rd.fieldnames}")
         return {r[id_column]: r[column] for r in rd}
 
-# %% ../nbs/40_classify.ipynb #41c1973b
+# %% ../nbs/40_classify.ipynb #8dad70a8
 class NonFiniteLossError(RuntimeError): "The training loss became NaN or infinite."
 
 class EpochSampler(Sampler):
@@ -755,10 +765,8 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
     spe = len(dl); total = E * spe
     counts = split.counts('train')
     cb_w = class_balanced_weights(counts, cfg['drw_beta']).to(acc_.device)
-    drw_from = int(round(cfg['drw_start'] * E)) if cfg['loss'] in ('drw', 'cmo-drw') else None
-    cmo_on = cfg['loss'] in ('cmo', 'cmo-drw')
-    c0 = max(1, int(round(0.02 * E)))
-    cmo_lo = c0 if cfg['cmo_start'] is None else cfg['cmo_start']; cmo_hi = E - c0 if cfg['cmo_end'] is None else cfg['cmo_end']
+    drw_from, cmo_on = drw_start_epoch(cfg, E), cmo_window(cfg, E) is not None
+    cmo_lo, cmo_hi = cmo_window(cfg, E) or (None, None)
     if cmo_on:
         mino = SyntheticMixDataset(split, [], mode='none', seed=derive_seed('cmo', seed), items=train_items, transform=ds.transform)
         mino_w = torch.tensor([1.0 / counts[it.label] for it in train_items], dtype=torch.float64)
