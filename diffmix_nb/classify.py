@@ -906,7 +906,7 @@ def classify_images(model: nn.Module, images: Sequence[Image.Image], transform: 
         out.append(model(x).float().softmax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/40_classify.ipynb #fc2d431c
+# %% ../nbs/40_classify.ipynb #97e39c0d
 SUMMARY_METRICS = ('test_acc', 'test_acc_last', 'test_acc_oracle', 'val_acc')
 
 def summarize(runs: Sequence[dict]) -> dict:
@@ -951,6 +951,10 @@ def results_table(results, # a run, a `run_seeds` result, a list of them, or a d
             ep, seeds = r['config']['epochs'], 1
             vals = [r.get(k) for k in SUMMARY_METRICS]
         lines.append(f"| {name} | {r['protocol']} | {seeds} | {cell(vals[0], 0)} | {cell(vals[1], 1)} | {cell(vals[3], 3)} | {cell(vals[2], 2)} | {ep} |")
+    lt = [(name, r['summary'] if r.get('format') == 'diffmix_nb.seeds/1' else r.get('test') or {}) for name, r in _as_named(results)]
+    if any(v.get('many') is not None for _, v in lt):       # long-tail runs: accuracy on many / medium / few-shot classes
+        lines += ['', '| run | many-shot | medium-shot | few-shot |', '|---|---|---|---|']
+        lines += [f"| {name} | {cell(v.get('many'), 0)} | {cell(v.get('medium'), 0)} | {cell(v.get('few'), 0)} |" for name, v in lt]
     return '\n'.join(lines)
 
 def plot_curves(results, figsize=(6, 2.2)):

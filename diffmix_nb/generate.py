@@ -225,7 +225,7 @@ register_method('real-filter', partial(plan_translations, target='same', soft=Fa
 register_method('da-fusion', plan_dafusion, prompts='ti', defaults=dict(strength='dafusion'),
                 doc='TI-only concepts, M img2img variants per real image, strength in {0.25, 0.5, 0.75, 1.0}')
 
-# %% ../nbs/30_generate.ipynb #f449da3c
+# %% ../nbs/30_generate.ipynb #7edf8556
 @dataclass
 class ClassifierUse:
     "How a classifier mixes one method's images into training (a `classify.SyntheticMixDataset` mode and its p)."
@@ -256,7 +256,9 @@ def classifier_use(method: str, # a method name (as written in plans and manifes
                    protocol: str|None=None, # None or 'reference': the method's own use; else a name of its `protocols`
                    ) -> dict:
     "The mode and p with which a classifier uses `method`'s images on `split`: `{method, protocol, mode, p, doc}`."
-    if method not in CLASSIFIER_USES: load_method_plugins()
+    if method not in CLASSIFIER_USES:
+        from diffmix_nb.generate import load_method_plugins
+        load_method_plugins()                # Diff-II and DiffuseMix register theirs when imported
     if method not in CLASSIFIER_USES:
         raise KeyError(f"method {method!r} has no registered classifier use (known: {sorted(CLASSIFIER_USES)}); "
                        f"register one with register_classifier_use, or pass mode= and p= explicitly")

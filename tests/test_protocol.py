@@ -229,3 +229,12 @@ def test_cmo_pastes_only_inside_its_epoch_window(split, monkeypatch):
     assert sorted(set(pasted)) == [1, 2, 3]
     assert cmo_window(dict(loss='cmo', cmo_start=None, cmo_end=None), 200) == (4, 196)
     assert cmo_window(dict(loss='cmo', cmo_start=None, cmo_end=None), 30) == (1, 29)
+
+
+def test_results_table_reports_many_medium_few():
+    from diffmix_nb.classify import results_table
+    run = dict(format='diffmix_nb.results/1', protocol='val-selected', config=dict(epochs=2), test_acc=50.0, test_acc_last=40.0,
+               val_acc=45.0, test=dict(acc=50.0, many=70.0, medium=50.0, few=None))
+    tab = results_table({'lt run': run})
+    assert '| lt run | 70.00 | 50.00 | - |' in tab and 'many-shot' in tab
+    assert 'many-shot' not in results_table({'fs': {**run, 'test': dict(acc=50.0)}})
