@@ -25,19 +25,19 @@ from .core import (get_preset, _merge, seed_everything, derive_seed, save_json, 
 from .data import Split, Item, guard_trainable, load_image, BadImageError, TestSplitLeakError
 
 # %% auto #0
-__all__ = ['SWAG_VIT', 'BATCH_TABLE', 'NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'LR_TABLE',
-           'LONGTAIL_LR', 'MANIFEST_KEYS', 'MODES', 'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE',
+__all__ = ['NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'LR_TABLE', 'LONGTAIL_LR', 'SWAG_VIT',
+           'BATCH_TABLE', 'MANIFEST_KEYS', 'MODES', 'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE',
            'SELECTIONS', 'LOSSES', 'SUMMARY_METRICS', 'read_state_dict', 'load_backbone_weights', 'save_backbone',
-           'build_backbone', 'torchvision_vit_to_timm', 'default_batch_size', 'weights_source', 'resize_for',
-           'default_padding', 'train_transform', 'test_transform', 'denormalize', 'dataset_key', 'backbone_key',
-           'default_lr', 'ManifestRows', 'read_manifest', 'soft_target', 'default_p', 'SyntheticMixDataset',
+           'build_backbone', 'resize_for', 'default_padding', 'train_transform', 'test_transform', 'denormalize',
+           'dataset_key', 'backbone_key', 'default_lr', 'torchvision_vit_to_timm', 'default_batch_size',
+           'weights_source', 'ManifestRows', 'read_manifest', 'soft_target', 'default_p', 'SyntheticMixDataset',
            'manifest_methods', 'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup',
            'cmo_paste', 'class_balanced_weights', 'drw_start_epoch', 'cmo_window', 'classifier_config', 'lr_at',
            'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict',
            'train_classifier', 'load_classifier', 'classify_images', 'summarize', 'run_seeds', 'results_table',
            'plot_curves', 'loader_throughput', 'cli_register', 'cli_train', 'main']
 
-# %% ../nbs/40_classify.ipynb #da0bf403
+# %% ../nbs/40_classify.ipynb #c41c5866
 def _strip_prefixes(sd: dict) -> dict:
     for pre in ('module.', '_orig_mod.', 'model.'):
         if sd and all(k.startswith(pre) for k in sd): sd = {k[len(pre):]: v for k, v in sd.items()}
@@ -107,6 +107,8 @@ def save_backbone(model: nn.Module, folder, name: str|None=None) -> Path:
     cfg = dict(architecture=name or (getattr(model, 'pretrained_cfg', None) or {}).get('architecture'), num_classes=getattr(model, 'num_classes', None))
     save_json(cfg, folder/'config.json'); return folder
 
+NAMED_BACKBONES: dict[str, Callable] = {}   # backbone names timm does not know -> builder(num_classes, pretrained, stem, **kw)
+
 def build_backbone(name: str='resnet18', # a timm model name, optionally with a tag (`resnet50.tv_in1k`)
                    num_classes: int=10,
                    pretrained: bool|str|Path=False, # False, True (timm hub), or a local file/folder
@@ -129,60 +131,6 @@ def build_backbone(name: str='resnet18', # a timm model name, optionally with a 
         c = model.conv1; model.conv1 = nn.Conv2d(c.in_channels, c.out_channels, 3, 1, 1, bias=False); model.maxpool = nn.Identity()
     elif stem != 'timm': raise ValueError(f"stem={stem!r}: use 'timm' or 'cifar'")
     return model
-
-# %% ../nbs/40_classify.ipynb #c6b391ec
-SWAG_VIT = 'vit_base_patch16_384.swag_e2e_in1k'
-BATCH_TABLE = {'resnet50@224': 256, 'resnet50@448': 64, 'vit_b16@384': 32}
-
-_TV_VIT_BLOCK = (('ln_1.', 'norm1.'), ('ln_2.', 'norm2.'), ('self_attention.in_proj_weight', 'attn.qkv.weight'),
-                 ('self_attention.in_proj_bias', 'attn.qkv.bias'), ('self_attention.out_proj.', 'attn.proj.'),
-                 ('mlp.0.', 'mlp.fc1.'), ('mlp.3.', 'mlp.fc2.'), ('mlp.linear_1.', 'mlp.fc1.'), ('mlp.linear_2.', 'mlp.fc2.'))
-
-def torchvision_vit_to_timm(sd: dict) -> dict:
-    "A torchvision `VisionTransformer` state dict with timm's `VisionTransformer` key names (same tensors, same packing)."
-    top = {'class_token': 'cls_token', 'encoder.pos_embedding': 'pos_embed', 'conv_proj.weight': 'patch_embed.proj.weight',
-           'conv_proj.bias': 'patch_embed.proj.bias', 'encoder.ln.weight': 'norm.weight', 'encoder.ln.bias': 'norm.bias',
-           'heads.head.weight': 'head.weight', 'heads.head.bias': 'head.bias'}
-    out, pre = {}, 'encoder.layers.encoder_layer_'
-    for k, v in sd.items():
-        if k in top: out[top[k]] = v; continue
-        if k.startswith(pre):
-            i, rest = k[len(pre):].split('.', 1)
-            new = next((rest.replace(a, b, 1) for a, b in _TV_VIT_BLOCK if rest.startswith(a)), None)
-            if new is not None: out[f'blocks.{i}.{new}'] = v; continue
-        raise ValueError(f"torchvision ViT key {k!r} has no timm counterpart (a ViT with pre-logits or another variant?)")
-    return out
-
-def _build_swag_vit(num_classes: int, pretrained, stem: str='timm', **kwargs) -> nn.Module:
-    import timm
-    if stem != 'timm': raise ValueError(f"stem={stem!r}: {SWAG_VIT} has no ResNet stem; use stem='timm'")
-    model = timm.create_model('vit_base_patch16_384', pretrained=False, num_classes=num_classes, **kwargs)
-    if pretrained is True or pretrained == 'hub':
-        from torchvision.models import ViT_B_16_Weights
-        try: sd = ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1.get_state_dict(progress=False)
-        except Exception as e:
-            raise RuntimeError(f"could not get torchvision's SWAG ViT-B/16 weights ({type(e).__name__}: {str(e)[:200]}); offline, pass "
-                               f"pretrained=<the torchvision state-dict file, vit_b_16_swag-9ac1b537.pth>") from e
-    elif pretrained: sd = read_state_dict(pretrained)
-    else: return model
-    load_backbone_weights(model, torchvision_vit_to_timm(sd) if 'conv_proj.weight' in sd else sd)
-    return model
-
-NAMED_BACKBONES: dict[str, Callable] = {SWAG_VIT: _build_swag_vit}   # names timm does not know: name -> builder
-
-def default_batch_size(backbone: str, img_size: int) -> int|None:
-    "The papers' batch size for this backbone and resolution (`BATCH_TABLE`), or None."
-    return BATCH_TABLE.get(backbone_key(backbone, img_size) or '')
-
-def weights_source(backbone: str, pretrained) -> str:
-    "Where `build_backbone(backbone, pretrained=...)` takes its weights from, without downloading anything."
-    if not pretrained: return 'random initialisation'
-    if pretrained not in (True, 'hub'): return f'local file {pretrained}'
-    if backbone == SWAG_VIT: return 'torchvision ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1 (SWAG end-to-end, 384 px)'
-    from timm.models import get_pretrained_cfg
-    c = get_pretrained_cfg(backbone)
-    if c is None: return f'timm hub: {backbone} (no such pretrained tag)'
-    return f"timm hub: {c.hf_hub_id or backbone} (origin {c.url or c.origin_url or '?'})"
 
 # %% ../nbs/40_classify.ipynb #de06fee3
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -252,6 +200,60 @@ def default_lr(dataset: str, backbone: str, img_size: int, recipe: str='standard
     bk = backbone_key(backbone, img_size)
     if recipe == 'longtail' and bk == 'resnet50@224': return LONGTAIL_LR
     return LR_TABLE.get(dataset_key(dataset) or '', {}).get(bk or '')
+
+# %% ../nbs/40_classify.ipynb #6bc0d9ad
+SWAG_VIT = 'vit_base_patch16_384.swag_e2e_in1k'
+BATCH_TABLE = {'resnet50@224': 256, 'resnet50@448': 64, 'vit_b16@384': 32}
+
+_TV_VIT_BLOCK = (('ln_1.', 'norm1.'), ('ln_2.', 'norm2.'), ('self_attention.in_proj_weight', 'attn.qkv.weight'),
+                 ('self_attention.in_proj_bias', 'attn.qkv.bias'), ('self_attention.out_proj.', 'attn.proj.'),
+                 ('mlp.0.', 'mlp.fc1.'), ('mlp.3.', 'mlp.fc2.'), ('mlp.linear_1.', 'mlp.fc1.'), ('mlp.linear_2.', 'mlp.fc2.'))
+
+def torchvision_vit_to_timm(sd: dict) -> dict:
+    "A torchvision `VisionTransformer` state dict with timm's `VisionTransformer` key names (same tensors, same packing)."
+    top = {'class_token': 'cls_token', 'encoder.pos_embedding': 'pos_embed', 'conv_proj.weight': 'patch_embed.proj.weight',
+           'conv_proj.bias': 'patch_embed.proj.bias', 'encoder.ln.weight': 'norm.weight', 'encoder.ln.bias': 'norm.bias',
+           'heads.head.weight': 'head.weight', 'heads.head.bias': 'head.bias'}
+    out, pre = {}, 'encoder.layers.encoder_layer_'
+    for k, v in sd.items():
+        if k in top: out[top[k]] = v; continue
+        if k.startswith(pre):
+            i, rest = k[len(pre):].split('.', 1)
+            new = next((rest.replace(a, b, 1) for a, b in _TV_VIT_BLOCK if rest.startswith(a)), None)
+            if new is not None: out[f'blocks.{i}.{new}'] = v; continue
+        raise ValueError(f"torchvision ViT key {k!r} has no timm counterpart (a ViT with pre-logits or another variant?)")
+    return out
+
+def _build_swag_vit(num_classes: int, pretrained, stem: str='timm', **kwargs) -> nn.Module:
+    import timm
+    if stem != 'timm': raise ValueError(f"stem={stem!r}: {SWAG_VIT} has no ResNet stem; use stem='timm'")
+    model = timm.create_model('vit_base_patch16_384', pretrained=False, num_classes=num_classes, **kwargs)
+    if pretrained is True or pretrained == 'hub':
+        from torchvision.models import ViT_B_16_Weights
+        try: sd = ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1.get_state_dict(progress=False)
+        except Exception as e:
+            raise RuntimeError(f"could not get torchvision's SWAG ViT-B/16 weights ({type(e).__name__}: {str(e)[:200]}); offline, pass "
+                               f"pretrained=<the torchvision state-dict file, vit_b_16_swag-9ac1b537.pth>") from e
+    elif pretrained: sd = read_state_dict(pretrained)
+    else: return model
+    load_backbone_weights(model, torchvision_vit_to_timm(sd) if 'conv_proj.weight' in sd else sd)
+    return model
+
+NAMED_BACKBONES[SWAG_VIT] = _build_swag_vit
+
+def default_batch_size(backbone: str, img_size: int) -> int|None:
+    "The papers' batch size for this backbone and resolution (`BATCH_TABLE`), or None."
+    return BATCH_TABLE.get(backbone_key(backbone, img_size) or '')
+
+def weights_source(backbone: str, pretrained) -> str:
+    "Where `build_backbone(backbone, pretrained=...)` takes its weights from, without downloading anything."
+    if not pretrained: return 'random initialisation'
+    if pretrained not in (True, 'hub'): return f'local file {pretrained}'
+    if backbone == SWAG_VIT: return 'torchvision ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1 (SWAG end-to-end, 384 px)'
+    from timm.models import get_pretrained_cfg
+    c = get_pretrained_cfg(backbone)
+    if c is None: return f'timm hub: {backbone} (no such pretrained tag)'
+    return f"timm hub: {c.hf_hub_id or backbone} (origin {c.url or c.origin_url or '?'})"
 
 # %% ../nbs/40_classify.ipynb #d973003d
 MANIFEST_KEYS = ('id', 'path', 'source_item', 'source_label', 'target_label', 'strength', 'seed', 'method', 'soft_label')
