@@ -132,6 +132,11 @@ def test_split_hash_covers_seed_shots_and_options(tmp_path, cub):
         with pytest.raises(SplitMismatchError, match='was edited'): Split.load(tmp_path/'e.json')
     old = Split(**{**s.__dict__, 'hash_version': 1, 'path': None}); old.save(tmp_path/'old.json')
     with pytest.warns(UserWarning, match='older diffmix_nb'): assert Split.load(tmp_path/'old.json').hash == old.hash
+    old.save(tmp_path/'keep.json'); before = (tmp_path/'keep.json').read_bytes()      # `data split` again over an older file of
+    with pytest.warns(UserWarning, match='kept as it is'):                               # the same content keeps it: stages that
+        assert _cli('data', 'split', '--dataset', 'cub', '--root', cub, '--shots', 1, '--val-per-class', 1,   # used it still match
+                    '--out', tmp_path/'keep.json') == 0
+    assert (tmp_path/'keep.json').read_bytes() == before
 
 # also: skipped rows by kind, resume messages, permissions, weights-only resume
 def test_skipped_rows_are_counted_by_kind(tmp_path, cub):
