@@ -17,8 +17,8 @@ import torch
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'ASSETS_DIR', 'TINY_SD', 'TINY_IP2P', 'PRESETS', 'get_preset', 'seed_everything', 'derive_seed',
-           'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'default_device', 'resolve_dtype',
-           'quiet_hub_logs']
+           'set_determinism', 'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'normal_permissions',
+           'canonical_safetensors', 'model_fingerprint', 'default_device', 'resolve_dtype', 'quiet_hub_logs']
 
 # %% ../nbs/00_core.ipynb #defec8fe
 PACKAGE_DIR = Path(__file__).parent if '__file__' in globals() else Path('../diffmix_nb').resolve()
@@ -80,6 +80,21 @@ def derive_seed(*parts) -> int:
     h = hashlib.sha256('\x1f'.join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:4], 'little') & 0x7FFFFFFF
 
+# %% ../nbs/00_core.ipynb #4b66bdce
+def set_determinism(device=None, # the stage's device (default: `default_device()`)
+                    deterministic: bool|None=None, # GPU: ordered kernels (slower); None: `$DIFFMIX_DETERMINISTIC`
+                   ) -> dict:
+    "Make torch ops repeatable: always on CPU, on CUDA when asked; pins CPU threads to `$DIFFMIX_THREADS` if set."
+    dev = torch.device(device) if device is not None else default_device()
+    if deterministic is None: deterministic = os.environ.get('DIFFMIX_DETERMINISTIC', '').lower() not in ('', '0', 'false', 'no')
+    if os.environ.get('DIFFMIX_THREADS'): torch.set_num_threads(int(os.environ['DIFFMIX_THREADS']))
+    on = dev.type == 'cpu' or bool(deterministic)
+    if on and dev.type == 'cuda':
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # read when cuBLAS starts: set it before any CUDA work
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    return dict(device=dev.type, deterministic=on, threads=torch.get_num_threads())
+
 # %% ../nbs/00_core.ipynb #db137fb2
 def safe_name(name: str, maxlen: int=48) -> str:
     "A filesystem-safe, collision-resistant slug of `name` (readable ASCII part + 8 hex chars of its hash)."
@@ -131,6 +146,53 @@ def file_sha1(path, chunk: int=1<<20) -> str:
     with open(path, 'rb') as f:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #5bdeaee1
+def normal_permissions(path) -> Path:
+    "Give `path` (a file, or a folder and everything under it) the mode a plain `open()` / `mkdir` would under the umask."
+    path = Path(path); m = _umask()
+    for p in [path, *(path.rglob('*') if path.is_dir() else [])]:
+        if not p.is_symlink(): os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~m)
+    return path
+
+def _sorted_json(o):
+    if isinstance(o, dict): return {k: _sorted_json(o[k]) for k in sorted(o)}
+    return o
+
+def canonical_safetensors(path) -> Path:
+    "Rewrite a safetensors file's JSON header with sorted keys, so that equal tensors and metadata give equal bytes."
+    path = Path(path); data = path.read_bytes()
+    n = int.from_bytes(data[:8], 'little'); header = json.loads(data[8:8 + n])
+    new = json.dumps(_sorted_json(header), separators=(',', ':'), ensure_ascii=False).encode()
+    new += b' ' * (-(8 + len(new)) % 8)                      # the tensor data stays 8-byte aligned
+    if new != data[8:8 + n]:
+        with atomic_write(path) as f: f.write(len(new).to_bytes(8, 'little') + new + data[8 + n:])
+    return path
+
+# %% ../nbs/00_core.ipynb #4c9d8fb1
+def _model_folder(model) -> Path|None:
+    p = Path(str(model)).expanduser()
+    if p.is_dir(): return p
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(str(model), local_files_only=True, allow_patterns=['*.json', '*.safetensors', '*.bin']))
+    except Exception: return None
+
+def model_fingerprint(model) -> str:
+    "A short content hash of a diffusers model folder (configs + size and ends of each weight file); `id:NAME` if not local."
+    folder = _model_folder(model)
+    if folder is None: return f"id:{model}"
+    h = hashlib.sha1()
+    for f in sorted(folder.rglob('*')):
+        if not f.is_file() or f.name.startswith('.'): continue
+        rel = f.relative_to(folder).as_posix()
+        if f.suffix == '.json': h.update(f"{rel}\0".encode() + f.read_bytes())
+        elif f.suffix in ('.safetensors', '.bin', '.pt', '.ckpt'):
+            size = f.stat().st_size
+            with open(f, 'rb') as fh:
+                head = fh.read(1 << 20); fh.seek(max(size - (1 << 20), 0)); tail = fh.read()
+            h.update(f"{rel}\0{size}\0".encode() + hashlib.sha1(head + tail).digest())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #329863c8
 def default_device() -> torch.device:

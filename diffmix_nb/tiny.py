@@ -303,7 +303,7 @@ def _train_loop(name: str, model, loss_fn, steps: int, lr: float, seed: int, wor
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay else None
     state = dict(step=0, log=[], seconds=0.)
     if ck.exists():
-        c = torch.load(ck, map_location='cpu', weights_only=False)
+        c = torch.load(ck, map_location='cpu', weights_only=True)   # tensors, numbers and lists only: never unpickles code
         model.load_state_dict(c['model']); opt.load_state_dict(c['opt']); sched.load_state_dict(c['sched'])
         if ema is not None: ema.load_state_dict(c['ema'])
         state = c['state']

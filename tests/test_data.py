@@ -184,8 +184,13 @@ def test_missing_and_malformed_layouts(tmp_path, fx):
 
 def test_k_larger_than_a_class(fx):
     spec = load_dataset_spec('cub', fx['cub'])
-    with pytest.raises(ValueError, match=r"class 'Black footed Albatross' \(label 0\) has only 1"): make_split(spec, shots=2)
-    assert make_split(spec, shots=2, allow_fewer=True).counts() == [1, 1, 1]
+    with pytest.raises(ValueError, match=r"class 'Black footed Albatross' \(label 0\) has only 2 images .* fewer than shots=3"):
+        make_split(spec, shots=3)
+    sp = make_split(spec, shots=2)          # the default validation size shrinks to what is left (here nothing), with a note
+    assert sp.counts() == [2, 2, 2] and sp.counts('val') == [0, 0, 0] and 'validation capped' in sp.notes[0]
+    with pytest.raises(ValueError, match=r"fewer than shots=2 \+ 1 validation"): make_split(spec, shots=2, val_per_class=1)
+    sp = make_split(spec, shots=3, val_per_class=1, allow_fewer=True)   # training first: the class is kept whole
+    assert sp.counts() == [2, 2, 2] and sp.counts('val') == [0, 0, 0] and 'training images come first' in sp.notes[0]
     assert _cli('split', '--dataset', 'cub', '--root', fx['cub'], '--shots', 5, '--out', '/tmp/never-written.json') == 1
     assert not Path('/tmp/never-written.json').exists()
 
