@@ -1,4 +1,4 @@
-"""timm backbones, the METHODS.md section 7 transforms and schedule, the synthetic-mixing dataset that reads
+"""timm backbones, the papers' transforms and schedule, the synthetic-mixing dataset that reads
 manifests, CutMix / Mixup / CMO / DRW baselines, validation-based model selection, seeds, tables and curves.
 
 Docs: https://diffmix-nb.github.io/diffmix_nb/classify.html.md"""
@@ -141,7 +141,7 @@ def default_padding(img_size: int) -> int:
 
 def train_transform(img_size: int=224, augment: str='standard', # `standard`, `longtail` or `none`
                     padding: int|None=None) -> Callable:
-    "The training transform of METHODS.md section 7 (PIL RGB -> normalised tensor)."
+    "The papers' training transform (PIL RGB -> normalised tensor)."
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     r = resize_for(img_size)
     if augment == 'standard':
@@ -268,7 +268,7 @@ def soft_target(row: dict, num_classes: int) -> torch.Tensor:
 MODES = ('uniform', 'same-class', 'own-variants', 'long-tail', 'concat', 'none')
 
 def default_p(mode: str, split: Split|None=None) -> float:
-    "METHODS.md section 7's replacement probability for `mode` (Diff-Mix's depends on the shots)."
+    "The papers' replacement probability for `mode` (Diff-Mix's depends on the shots)."
     if mode in ('same-class', 'own-variants'): return 0.5
     if mode == 'long-tail': return 0.3
     if mode == 'uniform':
@@ -905,7 +905,7 @@ def cli_register(sub) -> None:
     p.add_argument('--split', required=True, help='split file (diffmix data split)')
     p.add_argument('--manifest', action='append', default=[], help='manifest.jsonl or its folder (repeatable)')
     p.add_argument('--mode', choices=MODES, help='how synthetic rows replace real fetches (default: uniform with manifests, else none)')
-    p.add_argument('--p', type=float, help='replacement probability (default per mode, METHODS.md section 7)')
+    p.add_argument('--p', type=float, help='replacement probability (default per mode, as the papers use it)')
     p.add_argument('--preset', default='tiny', help='tiny, sd15 or a preset .json')
     p.add_argument('--backbone', help='timm model name'); p.add_argument('--pretrained', help="'hub' or a local checkpoint file/folder")
     p.add_argument('--img-size', type=int); p.add_argument('--epochs', type=int); p.add_argument('--lr', type=float)

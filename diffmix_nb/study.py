@@ -217,10 +217,10 @@ STUDY_METHODS: dict[str, dict] = {
     'diff-gen':      dict(gen='diff-gen', clf=dict(mode='uniform')),
     'diff-mix':      dict(gen='diff-mix', clf=dict(mode='uniform')),
     'diff-ii':       dict(gen='diff-ii', clf=dict(mode='same-class', p=0.5)),
-    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='own-variants', p=0.5)),   # METHODS 5.4 'x5 and replacement'
+    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='own-variants', p=0.5)),   # DiffuseMix's 'x5 and replacement' protocol
 }
 SETTINGS = ('5shot', '10shot', 'lt')
-P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # METHODS.md 7: 0.3 in 5-shot and long-tail
+P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # the papers' p: 0.3 in 5-shot and long-tail
 
 def _clf_cfg(method: str, setting: str, epochs=None, test_limit=None) -> dict:
     c = dict(STUDY_METHODS[method]['clf'])
