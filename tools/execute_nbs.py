@@ -5,6 +5,7 @@
     python tools/execute_nbs.py nbs/00_core.ipynb    # just these
     python tools/execute_nbs.py --force              # re-execute even notebooks that are done
     python tools/execute_nbs.py --list               # what would run and what each notebook skips, no execution
+    python tools/execute_nbs.py nbs/60_perf.ipynb --skip-flags     # on a GPU machine: run the `#| cuda` cells too
 
 Unlike the test suite (which skips `#| slow` cells), this runs every cell once, slow ones included, except:
 - `#| cuda` cells (they need a GPU) and cells marked `#| eval: false` (they must never run automatically: real SD
