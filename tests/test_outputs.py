@@ -57,6 +57,8 @@ def test_checker_flags_missing_images_and_errors(tmp_path):
     assert 'cell c0 draws' in bad[0] and 'tools/execute_nbs.py' in bad[0] and 'cell c5 shows' in bad[1]
     assert 'cell c3 has error output ValueError' in bad[2] and 'cell c4 has a traceback' in bad[3]
     assert image_count(p) == 1
+    q = _nb(tmp_path, [("x = 1", []), ("#| cuda\nprint(2)", [])])
+    assert problems(q) == [f"{q}: no cell holds an output: not executed (run `python tools/execute_nbs.py {q}` and commit it)"]
 
 # ---- what the executor does to outputs ----
 

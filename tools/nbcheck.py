@@ -10,7 +10,8 @@ A code cell *draws a figure or displays an image* (statically, from its source) 
   body draws, or
 - ends with an expression (not followed by `;`) that is a call to a function returning a PIL image (annotated
   `-> Image.Image` in `diffmix_nb` or in the notebook) or to `Image.fromarray` / `Image.open` / `.resize(...)`.
-Cells that never run on CPU (`#| cuda`, `#| eval: false`) are exempt. Used by tests/test_outputs.py and
+Cells that never run on CPU (`#| cuda`, `#| eval: false`) are exempt. A notebook with cells that run but no output
+at all has not been executed and fails too. Used by tests/test_outputs.py and
 tests/test_rendered.py.
 """
 import ast, inspect, json, re, sys
@@ -133,6 +134,9 @@ def problems(nb_path) -> list[str]:
            for cid, why in figure_cells(nb_path) if not _has_image(cells[cid].get('outputs', []))]
     for c in nb['cells']:
         if c['cell_type'] == 'code' and (e := _error(c.get('outputs', []))): bad.append(f"{rel}: cell {c.get('id')} has {e}")
+    runnable = [c for c in nb['cells'] if c['cell_type'] == 'code' and not exempt(''.join(c['source']))
+                and 'nbdev_export(' not in ''.join(c['source'])]
+    if runnable and not any(c.get('outputs') for c in runnable): bad.append(f"{rel}: no cell holds an output: not executed ({fix})")
     if 'widgets' in nb.get('metadata', {}): bad.append(f"{rel}: notebook metadata holds widget state (clear it)")
     return bad
 
