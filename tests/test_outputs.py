@@ -88,6 +88,17 @@ def test_tidy_drops_widgets_and_empty_streams():
             {'output_type': 'stream', 'name': 'stderr', 'text': ['\r\r']}]
     assert tidy_outputs(outs) == [{'output_type': 'stream', 'name': 'stderr', 'text': ['100%|\n']}]
 
+def test_tidy_shortens_fallbacks_and_relativises_paths():
+    from execute_nbs import ROOT as R
+    outs = [{'output_type': 'execute_result', 'metadata': {}, 'execution_count': 1,
+             'data': {'text/markdown': ['| a |\n', '|---|\n', '| 1 |'], 'text/plain': ['x' * 5000]}},
+            {'output_type': 'execute_result', 'metadata': {}, 'execution_count': 2, 'data': {'text/plain': ['y' * 5000]}},
+            {'output_type': 'stream', 'name': 'stdout', 'text': [f'{R}/diffmix_nb/assets/tiny-sd\n']}]
+    a, b, c = tidy_outputs(outs)
+    assert len(''.join(a['data']['text/plain'])) < 1100 and a['data']['text/markdown'] == ['| a |\n', '|---|\n', '| 1 |']
+    assert len(''.join(b['data']['text/plain'])) == 5000            # nothing else shows it: kept whole
+    assert c['text'] == ['diffmix_nb/assets/tiny-sd\n']
+
 def test_hours_long_cells_are_never_executed():
     "Retraining the shipped tiny model (15_tiny) takes most of an hour: the executor skips it and says so."
     skipped = {cid: why for cid, why, _ in skipped_cells(NBS/'15_tiny.ipynb')}

@@ -13,7 +13,8 @@ Unlike the test suite (which skips `#| slow` cells), this runs every cell once, 
   whatever outputs they already hold (a GPU run's output pasted in stays), and each one is printed.
 Each notebook runs in its own process, in its own folder (as in tests/test_notebooks.py). A notebook is written back
 only if every cell ran without an error, then cleaned with `nbdev-clean` (outputs stay; execution counts, volatile
-metadata and memory addresses go). Figures are stored as PNG at `--dpi` (matplotlib's default figure dpi for the
+metadata and memory addresses go). Paths inside the repo are stored relative to it; a `text/plain` fallback over 1000
+characters is shortened when a table or an image shows the value. Figures are stored as PNG at `--dpi` (matplotlib's default figure dpi for the
 run; cells that set their own dpi keep it), re-encoded losslessly as small as PIL makes them (a PNG still over
 48 kB becomes a JPEG when that halves it: noise-like photos, never line plots in practice); progress bars are
 collapsed to their last state; stream outputs longer than `--max-lines` are cut in the middle; widget state is dropped.
@@ -94,18 +95,29 @@ def as_jpeg(b64: str, quality: int=85) -> str|None:
     buf = io.BytesIO(); im.convert('RGB').save(buf, 'JPEG', quality=quality, optimize=True)
     return base64.b64encode(buf.getvalue()).decode() + '\n'
 
+RICH = ('text/markdown', 'text/html', 'text/latex', 'image/png', 'image/jpeg', 'image/svg+xml')
+PLAIN_MAX = 1000               # characters of text/plain kept beside a richer representation
+
+def _repo_relative(text: str) -> str: return text.replace(f'{ROOT}/', '')
+
 def tidy_outputs(outputs, max_lines=200):
-    "Outputs as they are committed: no widget state, progress bars collapsed, long logs cut, PNGs compacted."
+    """Outputs as they are committed: no widget state, progress bars collapsed, long logs cut, PNGs compacted, paths
+    inside the repo made relative, and a long `text/plain` fallback shortened where a table or image shows the value."""
     res = []
     for o in outputs:
         o = dict(o)
         if o.get('output_type') == 'stream':
-            text = cut_lines(collapse_cr(''.join(o['text'])), max_lines)
+            text = _repo_relative(cut_lines(collapse_cr(''.join(o['text'])), max_lines))
             if not text.strip(): continue
             o['text'] = text.splitlines(True)
         elif 'data' in o:
             data = {k: v for k, v in o['data'].items() if k != WIDGET_MIME}
             if not data: continue
+            for k in [k for k in data if k.startswith('text/')]:
+                data[k] = _repo_relative(''.join(data[k])).splitlines(True)
+            plain = ''.join(data.get('text/plain', ''))
+            if len(plain) > PLAIN_MAX and any(k in data for k in RICH):
+                data['text/plain'] = (plain[:PLAIN_MAX] + ' ...').splitlines(True)
             if 'image/png' in data:
                 data.pop('image/jpeg', None)                      # PIL offers both: one copy is enough
                 small = compact_png(''.join(data['image/png']))
