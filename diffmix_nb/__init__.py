@@ -2,7 +2,7 @@
 
 Modules:
 
-- `diffmix_nb.classify`: timm backbones, the METHODS.md section 7 transforms and schedule, the synthetic-mixing dataset that reads manifests, CutMix / Mixup / CMO / DRW baselines, validation-based model selection, seeds, tables and curves.
+- `diffmix_nb.classify`: timm backbones, the papers' transforms and schedule, the synthetic-mixing dataset that reads manifests, CutMix / Mixup / CMO / DRW baselines, validation-based model selection, seeds, tables and curves.
 - `diffmix_nb.concepts`: One new token per class and one shared LoRA on a frozen Stable Diffusion, learned from the split file's training images only, written as files that `load_textual_inversion` and `load_lora_weights` of plain diffusers read.
 - `diffmix_nb.core`: The few mechanisms every stage shares: one config (a *preset*) that picks base model, resolution, steps and dataset; explicit seeding; file names that never come from raw class names; and writes that are either complete or absent.
 - `diffmix_nb.diffii`: New images of a class from the space *between and around* its real images: invert every real image to noise, walk the great circle through two inversions of the same class, and denoise the point reached with the class prompt, adding a scene phrase only during the first, noisiest steps.

@@ -1,4 +1,4 @@
-"""timm backbones, the METHODS.md section 7 transforms and schedule, the synthetic-mixing dataset that reads
+"""timm backbones, the papers' transforms and schedule, the synthetic-mixing dataset that reads
 manifests, CutMix / Mixup / CMO / DRW baselines, validation-based model selection, seeds, tables and curves.
 
 Docs: https://diffmix-nb.github.io/diffmix_nb/classify.html.md"""
@@ -132,7 +132,7 @@ def build_backbone(name: str='resnet18', # a timm model name, optionally with a 
     elif stem != 'timm': raise ValueError(f"stem={stem!r}: use 'timm' or 'cifar'")
     return model
 
-# %% ../nbs/40_classify.ipynb #de06fee3
+# %% ../nbs/40_classify.ipynb #9f0750ed
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RESIZE_FOR_CROP = {224: 256, 448: 512, 384: 440}
 
@@ -147,7 +147,7 @@ def default_padding(img_size: int) -> int:
 
 def train_transform(img_size: int=224, augment: str='standard', # `standard`, `longtail` or `none`
                     padding: int|None=None) -> Callable:
-    "The training transform of METHODS.md section 7 (PIL RGB -> normalised tensor)."
+    "The papers' training transform (PIL RGB -> normalised tensor)."
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     r = resize_for(img_size)
     if augment == 'standard':
@@ -363,11 +363,11 @@ def soft_target(row: dict, num_classes: int) -> torch.Tensor:
         y[k] = w
     return y
 
-# %% ../nbs/40_classify.ipynb #0586eaa7
+# %% ../nbs/40_classify.ipynb #c9ce660e
 MODES = ('uniform', 'same-class', 'own-variants', 'long-tail', 'concat', 'none')
 
 def default_p(mode: str, split: Split|None=None) -> float:
-    "METHODS.md section 7's replacement probability for `mode` (Diff-Mix's depends on the shots)."
+    "The papers' replacement probability for `mode` (Diff-Mix's depends on the shots)."
     if mode in ('same-class', 'own-variants'): return 0.5
     if mode == 'long-tail': return 0.3
     if mode == 'uniform':
@@ -1049,7 +1049,7 @@ def loader_throughput(split: Split|str|Path, manifests=(), mode: str='uniform', 
                       f"{out['train_images_per_s'] or 0:.0f} images/s")
     return out
 
-# %% ../nbs/40_classify.ipynb #9c306ab7
+# %% ../nbs/40_classify.ipynb #684b3dc8
 def cli_register(sub) -> None:
     "Add `diffmix train` to an argparse subparsers object."
     p = sub.add_parser('train', help='train and evaluate a classifier on a split file (+ synthetic manifests)',
@@ -1059,7 +1059,7 @@ def cli_register(sub) -> None:
     p.add_argument('--manifest', action='append', default=[], help='manifest.jsonl or its folder (repeatable)')
     p.add_argument('--mode', choices=MODES, help="how synthetic rows replace real fetches (default: the classifier use registered for "
                                                  "the manifests' method, e.g. same-class p 0.5 for diff-ii; none without manifests)")
-    p.add_argument('--p', type=float, help='replacement probability (default per mode, METHODS.md section 7)')
+    p.add_argument('--p', type=float, help='replacement probability (default per mode, as the papers use it)')
     p.add_argument('--preset', default='tiny', help='tiny, sd15 or a preset .json')
     p.add_argument('--backbone', help='timm model name'); p.add_argument('--pretrained', help="'hub' or a local checkpoint file/folder")
     p.add_argument('--img-size', type=int); p.add_argument('--epochs', type=int); p.add_argument('--lr', type=float)

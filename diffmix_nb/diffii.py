@@ -31,7 +31,7 @@ __all__ = ['SUFFIX_DIR', 'DIFFII_OPTIONS', 'circle_angle', 'circle_interpolate',
            'diffii_suffix_fraction', 'diffii_classifier_use', 'plan_diffii', 'default_cache_dir', 'model_preset',
            'diffii_inversions', 'sample_diffii']
 
-# %% ../nbs/31_diffii.ipynb #137d9f47
+# %% ../nbs/31_diffii.ipynb #698688d6
 def circle_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     "Angle (radians, fp32) between the flattened tensors `a` and `b`."
     a, b = a.detach().float().flatten(), b.detach().float().flatten()
@@ -43,7 +43,7 @@ def circle_interpolate(a: torch.Tensor, # inversion x_T of image A (any shape)
                        lam: float,      # position on the circle: 0 -> `a`, -1 -> `b`; a full turn is 2 pi / alpha
                        eps: float=1e-4, # below this sin(alpha) the circle is undefined: return `a`
                       ) -> torch.Tensor:
-    "Point `lam` of the great circle through `a` and `b` (METHODS.md 4.3), computed in fp32, returned in `a`'s dtype."
+    "Point `lam` of the great circle through `a` and `b` (circle interpolation), computed in fp32, returned in `a`'s dtype."
     alpha = circle_angle(a, b)
     if math.sin(alpha) < eps: return a.clone()    # (anti)parallel inputs span no plane
     a32, b32 = a.float(), b.float()
@@ -231,7 +231,7 @@ class InversionCache:
         bar.close()
         return len(todo)
 
-# %% ../nbs/31_diffii.ipynb #5b2f4bf7
+# %% ../nbs/31_diffii.ipynb #dec230a5
 def _parts(pipe):
     return SimpleNamespace(**pipe) if isinstance(pipe, Mapping) else pipe
 
@@ -264,7 +264,7 @@ def embed_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tens
 @torch.no_grad()
 def invert_images(pipe, images: Sequence[Image.Image], prompts: Sequence[str],
                   num_steps: int=200, resolution: int=512, guidance_scale: float=1.0) -> torch.Tensor:
-    "x_T of `images`, each inverted with its own prompt (METHODS.md 4.2); a ready `compute` for `InversionCache.fill`."
+    "x_T of `images`, each inverted with its own prompt (the inversion pool); a ready `compute` for `InversionCache.fill`."
     p = _parts(pipe)
     lat = encode_images(p.vae, images, resolution).to(_device(p.unet))
     cond = embed_prompts(p.tokenizer, p.text_encoder, prompts)
@@ -300,7 +300,7 @@ def diffii_generate(pipe, latents: torch.Tensor, # (B, C, h, w) start points fro
                            s, num_inference_steps, guidance_scale, progress)
     return decode_latents(p.vae, x0)
 
-# %% ../nbs/31_diffii.ipynb #936a0ce6
+# %% ../nbs/31_diffii.ipynb #05c126f3
 DIFFII_OPTIONS = dict(
     s='suffix fraction in [0, 1] (default: `diffii_suffix_fraction(split)`)',
     suffixes='scene-suffix file or folder of `{superclass}.txt` (default: the shipped ones)',
@@ -311,13 +311,13 @@ DIFFII_OPTIONS = dict(
 )
 
 def diffii_suffix_fraction(split) -> float:
-    "The paper's s for a split (METHODS.md 4.4): 1.0 long-tail, 0.3 below 10 shots, 0.1 from 10 shots and on full data."
+    "The paper's s for a split: 1.0 long-tail, 0.3 below 10 shots, 0.1 from 10 shots and on full data."
     if split.imbalance is not None: return 1.0
     if split.shots is not None and split.shots < 10: return 0.3
     return 0.1
 
 def diffii_classifier_use(split) -> dict:
-    "How the classifier uses Diff-II images (METHODS.md 4.7): same-class replacement, p = 0.5 (long-tail: `long-tail`)."
+    "How the classifier uses Diff-II images: same-class replacement, p = 0.5 (long-tail: `long-tail`)."
     u = classifier_use('diff-ii', split); return dict(mode=u['mode'], p=u['p'])
 
 def _check_options(options: dict, allowed: dict, method: str):

@@ -88,7 +88,7 @@ def concat_halves(original: Image.Image,
                   ramp: float=20,             # seam ramp width in px (code mode), clipped to the image
                   layout: str|None=None,      # force a layout instead of drawing one
                  ) -> Image.Image:
-    "Half original, half edit (METHODS.md 5.2), as uint8 RGB."
+    "Half original, half edit, as uint8 RGB."
     if mode not in ('code', 'paper'): raise ValueError(f"mode {mode!r} must be 'code' or 'paper'")
     original, edited = _rgb(original), _rgb(edited)
     if edited.size != original.size: edited = edited.resize(original.size, Image.BICUBIC)

@@ -785,7 +785,7 @@ def clip_filter(manifest,                   # a manifest file (rows with image p
     return out
 
 # %% ../nbs/30_generate.ipynb #30800eb4
-SD15_H100_ROOFLINE = 34.0   # images/s, UNet-only bound at s 0.7 / 25 steps / guidance 7.5 (RESULTS.md)
+SD15_H100_ROOFLINE = 34.0   # images/s, UNet-only bound at s 0.7 / 25 steps / guidance 7.5 (published cost figures)
 
 def random_sd15_pipeline(device=None, dtype=torch.float16, seed: int=0):
     "A randomly initialised Stable-Diffusion-1.5-size img2img pipeline (same shapes and cost, no download)."

