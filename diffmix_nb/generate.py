@@ -473,6 +473,8 @@ class GenContext:
             pipe = load_pipeline(self.base_model, device=self.device, dtype=self.dtype)
             if self.concepts is not None and hasattr(self.concepts, 'apply'): self.concepts.apply(pipe)
             if self.concepts is not None and hasattr(self.concepts, 'check'): self.concepts.check(pipe)
+            from diffmix_nb.perf import apply_optimize   # the one optimisation switch ($DIFFMIX_OPTIMIZE)
+            pipe = apply_optimize(pipe, 'pipeline', self.device)
             self.pipeline = pipe
         return set_scheduler(self.pipeline, self.scheduler)
     @property
@@ -789,6 +791,10 @@ def cli_register(sub):
     p.add_argument('--longtail', action='store_true', default=None, help='long-tail pair rule (default: from the split)')
     p.add_argument('--steps', type=int); p.add_argument('--guidance', type=float); p.add_argument('--batch-size', type=int)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--device'); p.add_argument('--mixed-precision')
+    p.add_argument('--resolution', type=int, help='model input side in px (default: the preset\'s)')
+    from diffmix_nb.data import _option
+    p.add_argument('--option', '-o', action='append', type=_option, default=[], metavar='KEY=VALUE',
+                   help='method option, repeatable (JSON values): inversion_steps=10 (diff-ii), edit_steps=10 (diffusemix), ...')
     p.add_argument('--plan-only', action='store_true'); p.add_argument('--clip-filter', metavar='MODEL', help='CLIP folder or hub id')
     p.add_argument('--clip-drop', type=float, default=0.1)
     p.add_argument('--benchmark', action='store_true', help='print images/s of batched vs one-per-call translation and exit')
@@ -817,7 +823,7 @@ def _cli_generate(args) -> int:
                    num_variants=args.num_variants, longtail=args.longtail, num_inference_steps=args.steps,
                    guidance_scale=args.guidance, batch_size=args.batch_size, device=args.device,
                    mixed_precision=args.mixed_precision, plan_only=args.plan_only, clip_model=args.clip_filter,
-                   clip_drop=args.clip_drop)
+                   clip_drop=args.clip_drop, resolution=args.resolution, **dict(args.option))
     from accelerate import PartialState
     if not PartialState().is_main_process: return 0
     if args.plan_only:
