@@ -407,8 +407,8 @@ SUITES = {
         finetune=dict(resolution=32, batch_size=8, steps=4, warmup=1, n_images=16, repeats=3),
         translate=dict(resolution=32, batch_sizes=(16,), n=16, baseline_n=4, steps=25, strength=0.7, guidance=7.5),
         diffii=dict(resolution=32, inversion_steps=50, steps=25, guidance=7.5, s=0.3, n=8, baseline_n=2, batch_size=8),
-        classifier=dict(models=(('resnet18', 32, 32, {}), ('vit_tiny_patch16_224', 32, 32, {'img_size': 32})), steps=3, warmup=1,
-                        num_classes=10, repeats=3),
+        classifier=dict(models=(('resnet18', 32, 32, {}), ('vit_tiny_patch16_224', 32, 32, {'img_size': 32})), steps=5, warmup=2,
+                        num_classes=10, repeats=5),
     ),
     'sd15': dict(
         finetune=dict(resolution=512, batch_size=8, steps=10, warmup=3, n_images=16),
@@ -503,8 +503,8 @@ def bench_finetune(size: str='tiny', device=None, dtype=None, peak_tflops: float
     fast = optimize_settings(dev)
     pairs = [(run(True, mp_ours, fast['channels_last']), run(False, mp_base, False, 'off')) for _ in range(s.get('repeats', 1))]
     ours, base = (_median_rate([p[k] for p in pairs]) for k in (0, 1))   # interleaved repeats
-    return [_row('finetune', 'steps/s', ours, base, flops.get('unet'), peak_tflops, images_per_step=B,
-                 setup_s=dict(ours=ours.get('setup_s'), baseline=base.get('setup_s')))]
+    return [_paired(_row('finetune', 'steps/s', ours, base, flops.get('unet'), peak_tflops, images_per_step=B,
+                         setup_s=dict(ours=ours.get('setup_s'), baseline=base.get('setup_s'))), pairs)]
 
 # %% ../nbs/60_perf.ipynb #e9d3fe0f
 def _img2img(parts: dict):
@@ -632,6 +632,14 @@ def _cudnn_benchmark(on: bool):
     try: yield
     finally: torch.backends.cudnn.benchmark = old
 
+def _paired(row: dict, pairs: list[tuple[dict, dict]]) -> dict:
+    "Set `ratio` to the median of the per-round ratios ours/baseline (each round measured back to back), keep the rates."
+    r = [o['rate'] / b['rate'] for o, b in pairs if o.get('rate') and b.get('rate')]
+    if r: row.update(ratio=float(np.median(r)), round_ratios=[round(x, 3) for x in r],
+                     ours_rates=[round(o['rate'], 3) for o, _ in pairs if o.get('rate')],
+                     baseline_rates=[round(b['rate'], 3) for _, b in pairs if b.get('rate')])
+    return row
+
 def _median_rate(runs: list[dict]) -> dict:
     "The run with the median rate (failed runs last), with every repeat's rate kept in `rates`."
     ok = sorted((r for r in runs if r.get('rate')), key=lambda r: r['rate'])
@@ -685,8 +693,8 @@ def bench_classifier(size: str='tiny', device=None, dtype=None, compile: bool=Fa
         pairs = [(run(True), run(False)) for _ in range(reps)]   # interleaved: a busy machine slows both alike
         ours, base = (_median_rate([p[k] for p in pairs]) for k in (0, 1))
         short = re.sub(r'_(224|384)$', '', name.split('.')[0])
-        rows.append(_row(f'classifier {short}@{img}', 'images/s', ours, base,
-                         classifier_flops(name, img, s['num_classes'], **kw), peak_tflops, batch_size=B))
+        rows.append(_paired(_row(f'classifier {short}@{img}', 'images/s', ours, base,
+                                 classifier_flops(name, img, s['num_classes'], **kw), peak_tflops, batch_size=B), pairs))
     return rows
 
 # %% ../nbs/60_perf.ipynb #4459ae87

@@ -92,7 +92,7 @@ def build_smoke_models(root,             # folder for `models/` (kept: a second 
     save_json(out, info)
     return out
 
-# %% ../nbs/61_smoke.ipynb #f02ce711
+# %% ../nbs/61_smoke.ipynb #1c659c2c
 def peak_rss_gb() -> float|None:
     "Peak resident memory of this process so far (`VmHWM`), in GB (None where /proc is missing)."
     try:
@@ -114,7 +114,10 @@ def _child(spec_json: str):
         rc, err = 1, f"{type(e).__name__}: {e}"[:500]
         save_json(dict(rc=rc, seconds=time.perf_counter() - t, peak_rss_gb=peak_rss_gb(), error=err), spec['result'])
         raise
-    save_json(dict(rc=rc, seconds=time.perf_counter() - t, peak_rss_gb=peak_rss_gb(), error=err, value=value), spec['result'])
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    save_json(dict(rc=rc, seconds=time.perf_counter() - t, peak_rss_gb=peak_rss_gb(), cpu_s=ru.ru_utime + ru.ru_stime, error=err, value=value),
+              spec['result'])
 
 def run_stage(name: str, spec: dict, workdir, env: dict|None=None, timeout: int=3600, launcher: list[str]|None=None) -> dict:
     "Run one stage in a fresh process (`spec`: `dict(kind='cli', argv=[...])` or `dict(kind='call', fn=..., kwargs=...)`)."
@@ -128,18 +131,22 @@ def run_stage(name: str, spec: dict, workdir, env: dict|None=None, timeout: int=
         except subprocess.TimeoutExpired: return dict(stage=name, rc=124, seconds=time.perf_counter() - t, peak_rss_gb=None, error='timeout')
     r = load_json(res_file) if res_file.exists() else {}
     out = dict(stage=name, rc=p.returncode if p.returncode else r.get('rc', 0), seconds=round(time.perf_counter() - t, 1),
-               peak_rss_gb=None if r.get('peak_rss_gb') is None else round(r['peak_rss_gb'], 2), error=r.get('error'), value=r.get('value'))
+               peak_rss_gb=None if r.get('peak_rss_gb') is None else round(r['peak_rss_gb'], 2),
+               cpu_s=None if r.get('cpu_s') is None else round(r['cpu_s'], 1), error=r.get('error'), value=r.get('value'))
     if out['rc'] and not out['error']:
         out['error'] = (workdir/'logs'/f'{name}.log').read_text()[-400:]
     return out
 
-# %% ../nbs/61_smoke.ipynb #dec27743
+# %% ../nbs/61_smoke.ipynb #4846cd07
 def vanilla_load(base_model: str, concepts_dir: str, resolution: int, steps: int=2) -> dict:
     "Load the concepts into a plain `StableDiffusionPipeline` (no diffmix_nb code) and make one image; returns a summary."
     from diffusers import StableDiffusionPipeline
     info = json.loads((Path(concepts_dir)/'concepts.json').read_text())
-    with quiet_hub_logs():
-        pipe = StableDiffusionPipeline.from_pretrained(base_model, safety_checker=None, requires_safety_checker=False)
+    from diffusers.utils import deprecation_utils   # diffusers >= 0.36 calls `torch_dtype` `dtype`
+    dkw = 'dtype' if hasattr(deprecation_utils, '_TORCH_DTYPE_DEPRECATION_MESSAGE') else 'torch_dtype'
+    with quiet_hub_logs():   # fp32 on the CPU: fp16 files loaded as they are stop in the UNet's time embedding (Half vs Float)
+        pipe = StableDiffusionPipeline.from_pretrained(base_model, safety_checker=None, requires_safety_checker=False,
+                                                       **{dkw: torch.float32 if not torch.cuda.is_available() else torch.float16})
         rows = [c for c in info['classes'] if c.get('embedding')]
         pipe.load_textual_inversion([str(Path(concepts_dir)/c['embedding']) for c in rows], token=[c['token'] for c in rows])
         if info.get('lora'): pipe.load_lora_weights(concepts_dir, weight_name=info['lora'])
@@ -267,7 +274,7 @@ def max_batch_24gb(resolutions=(64, 512), budget_gb: float=24.0, reserve_gb: flo
                       weights_gb=round(est['weights_gb'], 2), per_image_gb={k: round(v, 4) for k, v in est['per_image_gb'].items()})
     return out
 
-# %% ../nbs/61_smoke.ipynb #a35aaf4c
+# %% ../nbs/61_smoke.ipynb #d6687534
 def _preset_notes(preset: str) -> list[dict]:
     "What each precision choice of the preset does on this machine's CPU."
     pre = get_preset(preset); cuda = torch.cuda.is_available(); rows = []
@@ -319,9 +326,9 @@ def run_smoke(out_dir,                  # work folder: models, data, stage outpu
         'diff-mix': ['generate', '--preset', P, '--method', 'diff-mix', '--split', str(split), '--concepts', str(concepts),
                      '--out', str(gen/'diff-mix'), '--multiplier', '0.5', '--resolution', str(R), '--batch-size', '2', *st],
         'diff-ii': ['generate', '--preset', P, '--method', 'diff-ii', '--split', str(split), '--concepts', str(concepts),
-                    '--out', str(gen/'diff-ii'), '--multiplier', '0.3', '--resolution', str(R), '-o', 'inversion_steps=10', *st],
+                    '--out', str(gen/'diff-ii'), '--multiplier', '0.3', '--resolution', str(R), '-o', f'inversion_steps={steps or 10}', *st],
         'diffusemix': ['generate', '--preset', P, '--method', 'diffusemix', '--split', str(split), '--base-model', m['ip2p'],
-                       '--out', str(gen/'diffusemix'), '--multiplier', '0.25', '-o', 'edit_steps=10', '-o', f'edit_resolution={R}'],
+                       '--out', str(gen/'diffusemix'), '--multiplier', '0.25', '-o', f'edit_steps={steps or 10}', '-o', f'edit_resolution={R}'],
         'real-filter': ['generate', '--preset', P, '--method', 'real-filter', '--split', str(split), '--base-model', m['sd'],
                         '--out', str(gen/'real-filter'), '--multiplier', '0.5', '--resolution', str(R), '--clip-filter', m['clip'],
                         '--clip-drop', '0.5', *st],
@@ -338,7 +345,8 @@ def run_smoke(out_dir,                  # work folder: models, data, stage outpu
             r = run_stage(name, dict(kind='call', fn='vanilla_load', kwargs=dict(base_model=m['sd'], concepts_dir=str(concepts), resolution=R)), out, env)
         elif name == 'optimize':
             r = run_stage(name, dict(kind='call', fn='optimize_check', kwargs=dict(base_model=m['sd'], split=str(split), resolution=R,
-                                                                                  backbone=sz['backbone'], img_size=sz['img_size'])), out, env)
+                                                                                  backbone=sz['backbone'], img_size=sz['img_size'],
+                                                                                  steps=steps or 6)), out, env)
         elif name == 'ddp':
             shutil.rmtree(out/'ddp', ignore_errors=True)
             kw = dict(workdir=str(out), base_model=m['sd'], split=str(split), concepts=str(concepts), resolution=R, steps=steps, preset=P)
@@ -356,6 +364,14 @@ def run_smoke(out_dir,                  # work folder: models, data, stage outpu
 
 def _finish(report: dict, out: Path, t0: float, verbose: bool) -> dict:
     report['seconds'] = round(time.time() - t0, 1)
+    old = load_json(out/'smoke.json') if (out/'smoke.json').exists() else None
+    if old and old.get('size') == report['size'] and len(report['stages']) < len(SMOKE_STAGES) + 1:   # `only`: keep the other records
+        new = {r['stage']: r for r in report['stages']}
+        for r in new.values(): r['rerun'] = report['started']
+        names = ['models', *SMOKE_STAGES]
+        report['stages'] = [new.get(n) or next(o for o in old['stages'] if o['stage'] == n) for n in names
+                            if n in new or any(o['stage'] == n for o in old['stages'])]
+        report['seconds'] = round(sum(r['seconds'] for r in report['stages']), 1)
     report['peak_rss_gb'] = max((r['peak_rss_gb'] or 0) for r in report['stages']) if report['stages'] else None
     report['ok'] = all(r['rc'] == 0 for r in report['stages'])
     report['preset_precision'] = _preset_notes(report['preset'])
@@ -368,9 +384,9 @@ def _finish(report: dict, out: Path, t0: float, verbose: bool) -> dict:
 
 def format_smoke(report: dict) -> str:
     "A markdown table of a smoke report: stage, seconds, peak RSS, status."
-    lines = ['| stage | seconds | peak RSS (GB) | status |', '|---|---|---|---|']
+    lines = ['| stage | seconds | CPU seconds | peak RSS (GB) | status |', '|---|---|---|---|---|']
     for r in report['stages']:
-        lines.append(f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_rss_gb'] if r['peak_rss_gb'] is not None else '-'} | "
+        lines.append(f"| {r['stage']} | {r['seconds']:.1f} | {r.get('cpu_s') or '-'} | {r['peak_rss_gb'] if r['peak_rss_gb'] is not None else '-'} | "
                      f"{'ok' if not r['rc'] else 'FAILED: ' + (r.get('error') or '')[:80]} |")
     return '\n'.join(lines)
 
