@@ -243,7 +243,7 @@ def test_bench_classifier_uses_the_training_settings():
     assert cfg['fused_optimizer'] is True and cfg['channels_last'] is False and rows[0]['baseline_config']['fused_optimizer'] is False
 
 
-@pytest.mark.skipif(not os.environ.get('DIFFMIX_SMOKE'), reason='set DIFFMIX_SMOKE=tiny (about a minute) or sd15 (about 15 min, 10 GB RAM)')
+@pytest.mark.skipif(not os.environ.get('DIFFMIX_SMOKE'), reason='set DIFFMIX_SMOKE=tiny (about a minute) or sd15 (15-40 min, 14 GB RAM at the 2-process stage)')
 def test_smoke(tmp_path):
     "`diffmix smoke`: every stage on the tiny or the real-size random models, each in its own process, and the 2-process run."
     from diffmix_nb.smoke import run_smoke, SMOKE_STAGES
