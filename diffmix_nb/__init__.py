@@ -9,6 +9,7 @@ Modules:
 - `diffmix_nb.diffusemix`: Label-preserving augmentation from an instruction-editing model: restyle an image ("snowy", "watercolor art"), keep half of the original beside half of the edit, and blend in a little of a fractal pattern.
 - `diffmix_nb.generate`: One engine for every synthetic-data method: a deterministic *plan* of tasks, a batched img2img / txt2img operator where every task keeps its own prompt, strength and seed, and a resumable, sharded executor that writes images atomically and one manifest row per finished image.
 - `diffmix_nb.perf`: One suite that times every expensive stage (concept fine-tuning, batched translation, Diff-II inversion and denoising, classifier training) against a reference-style loop in the same process, counts the UNet's FLOPs to turn images/s into a fraction of the GPU's peak, estimates memory per batch, and backs off instead of crashing when a batch does not fit.
+- `diffmix_nb.smoke`: SD-1.5-sized and InstructPix2Pix-sized models with random weights, written as vanilla diffusers folders, driven through every stage by the same commands a GPU user types, at 64 px, with the peak memory and time of each stage.
 - `diffmix_nb.tiny`: The real CLIP tokenizer built offline, diffusers components at toy sizes, vanilla `save_pretrained` folders, and the pretraining that produced the shipped `tiny-sd` and `tiny-ip2p` base models from Fashion-MNIST with coarse captions."""
 
 __version__ = "0.1.0"

@@ -27,9 +27,9 @@ from .data import Split, Item, guard_trainable, load_image, BadImageError, TestS
 # %% auto #0
 __all__ = ['NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'LR_TABLE', 'LONGTAIL_LR', 'SWAG_VIT',
            'BATCH_TABLE', 'MANIFEST_KEYS', 'MODES', 'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE',
-           'SELECTIONS', 'LOSSES', 'SUMMARY_METRICS', 'read_state_dict', 'load_backbone_weights', 'save_backbone',
-           'build_backbone', 'resize_for', 'default_padding', 'train_transform', 'test_transform', 'denormalize',
-           'dataset_key', 'backbone_key', 'default_lr', 'torchvision_vit_to_timm', 'default_batch_size',
+           'SELECTIONS', 'LOSSES', 'CHECKPOINT_SECONDS', 'SUMMARY_METRICS', 'read_state_dict', 'load_backbone_weights',
+           'save_backbone', 'build_backbone', 'resize_for', 'default_padding', 'train_transform', 'test_transform',
+           'denormalize', 'dataset_key', 'backbone_key', 'default_lr', 'torchvision_vit_to_timm', 'default_batch_size',
            'weights_source', 'ManifestRows', 'read_manifest', 'check_manifest_split', 'soft_target', 'default_p',
            'SyntheticMixDataset', 'manifest_methods', 'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy',
            'cutmix', 'mixup', 'cmo_paste', 'class_balanced_weights', 'drw_start_epoch', 'cmo_window',
@@ -733,6 +733,22 @@ def _clean(o):
 def _save_ckpt(obj, path):
     with atomic_write(path) as f: torch.save(obj, f)
 
+CHECKPOINT_SECONDS = 60.0   # write last.pt / best.pt at most this often (and at the end, at stop_after and on a bad loss)
+
+def _snapshot(o):
+    "A CPU copy of a (nested) state dict, so training can go on while the copy waits to be written."
+    if isinstance(o, torch.Tensor): return o.detach().to('cpu', copy=True)
+    if isinstance(o, dict): return {k: _snapshot(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return type(o)(_snapshot(v) for v in o)
+    return copy.deepcopy(o)
+
+def _flush_ckpt(ckp: dict, out):
+    "Write the pending best / last snapshots (best first, so best.pt never lags last.pt)."
+    if out is None: return
+    if ckp.get('best') is not None: _save_ckpt(ckp['best'], out/'best.pt'); ckp['best'] = None
+    if ckp.get('last') is not None: _save_ckpt(ckp['last'], out/'last.pt'); ckp['last'] = None
+    ckp['t'] = time.time()
+
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, accelerator=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     "Predictions, labels, positions and mean cross-entropy over a loader of `ItemsDataset` (gathered across processes)."
@@ -802,7 +818,11 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
                                 shuffle=False, num_workers=nw)
     val_dl, test_dl = mk(val_items), mk(test_items)
     model = build_backbone(cfg['backbone'], C, pretrained=cfg['pretrained'], stem=cfg['stem'])
-    opt = torch.optim.SGD(model.parameters(), lr=cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'])
+    from diffmix_nb.perf import apply_optimize, optimize_settings   # the one optimisation switch ($DIFFMIX_OPTIMIZE)
+    fast = optimize_settings(acc_.device)
+    model = apply_optimize(model, 'classifier', acc_.device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'],
+                          fused=fast['fused_optimizer'] or None)   # one fused kernel per step instead of a loop over tensors
     model, opt, dl, val_dl, test_dl = acc_.prepare(model, opt, dl, val_dl, test_dl)
     raw = acc_.unwrap_model(model)
     spe = len(dl); total = E * spe
@@ -830,6 +850,7 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
     from tqdm import tqdm
     bar = tqdm(range(start, E), total=E, initial=start, disable=not (progress and main), desc=f"train seed {seed}",
                file=sys.stderr, dynamic_ncols=False, ncols=100, leave=False)
+    ckp = dict(t=time.time(), last=None, best=None)   # checkpoint snapshots not yet on disk
     for epoch in bar:
         if stop_after is not None and epoch >= stop_after: break
         t0 = time.time(); ds.set_epoch(epoch); sampler.set_epoch(epoch); model.train()
@@ -852,10 +873,12 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
             elif cfg['mixup']: xc, yc = mixup(xc, yc, g, cfg['mixup_alpha'])
             x, y = xc, yc
             sw = (y * cb_w).sum(-1) / y.sum(-1).clamp_min(1e-12) if drw_from is not None and epoch >= drw_from else None
+            if fast['channels_last']: x = x.contiguous(memory_format=torch.channels_last)
             with acc_.autocast(): logits = model(x)
             loss = soft_cross_entropy(logits, smooth_targets(y, cfg['label_smoothing'], cfg['smoothing']), sw)
             bad = acc_.reduce((~torch.isfinite(loss.detach())).float().reshape(1), 'sum')
             if float(bad) > 0:
+                _flush_ckpt(ckp, out)
                 last = out/'last.pt' if out is not None and (out/'last.pt').exists() else None
                 msg = (f"training loss became {float(loss.detach()):.4g} at epoch {epoch} step {step} (lr {lr:.4g}); stopped. "
                        + (f"The last good checkpoint {last} (epoch {epoch - 1}) is kept; " if last else "No checkpoint was kept (no out_dir or first epoch); ")
@@ -878,10 +901,12 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
         if improved:
             best = dict(epoch=epoch, val_acc=vacc, val_loss=vloss, score=list(score))
             best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
-        if out is not None and main:
-            if improved: _save_ckpt(dict(model=best_state, epoch=epoch, run_key=key), out/'best.pt')
-            _save_ckpt(dict(model=raw.state_dict(), optimizer=opt.state_dict(), scaler=acc_.scaler.state_dict() if acc_.scaler else None,
-                            epoch=epoch, curves=curves, best=best, seen=seen, run_key=key), out/'last.pt')
+        if out is not None and main:   # an in-memory snapshot every epoch; written every CHECKPOINT_SECONDS, at the end and on errors
+            if improved: ckp['best'] = dict(model=best_state, epoch=epoch, run_key=key)
+            ckp['last'] = _snapshot(dict(model=raw.state_dict(), optimizer=opt.state_dict(), scaler=acc_.scaler.state_dict() if acc_.scaler else None,
+                                         epoch=epoch, curves=curves, best=best, seen=seen, run_key=key))
+            if epoch == E - 1 or (stop_after is not None and epoch + 1 >= stop_after) or time.time() - ckp['t'] >= CHECKPOINT_SECONDS:
+                _flush_ckpt(ckp, out)
         acc_.wait_for_everyone()
         bar.set_postfix(loss=f"{curves['train_loss'][-1]:.3f}", val=f"{vacc:.1f}")
         if verbose and main: print(f"epoch {epoch}: loss {curves['train_loss'][-1]:.4f} train {curves['train_acc'][-1]:.1f} val {vacc:.1f}"

@@ -12,7 +12,7 @@ import argparse, importlib, os, sys, time
 __all__ = ['STAGE_MODULES', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #a9e3b309
-STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'perf']
+STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'perf', 'smoke']
 
 def build_parser() -> argparse.ArgumentParser:
     "The `diffmix` argument parser, with the subcommands every stage module registers."

@@ -175,7 +175,7 @@ def _accelerator(mixed_precision: str='no', device=None):
     if AcceleratorState._shared_state and PartialState().num_processes == 1: AcceleratorState._reset_state(True)
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
-# %% ../nbs/20_concepts.ipynb #46a8b85c
+# %% ../nbs/20_concepts.ipynb #8aca69e6
 class ConceptTrainer:
     "Textual inversion + LoRA on a frozen Stable Diffusion, trained in memory from PIL images."
     def __init__(self, images: list, # PIL images (any size) of the training set
@@ -219,6 +219,8 @@ class ConceptTrainer:
             te.set_input_embeddings(NewTokenEmbedding(te.get_input_embeddings(), self.vocab_start, init_rows.to(self.device)))
             self.init_rows = init_rows.clone()
         self.text_encoder = te
+        from diffmix_nb.perf import apply_optimize, optimize_settings   # the one optimisation switch ($DIFFMIX_OPTIMIZE)
+        unet = apply_optimize(unet, 'finetune', self.device)
         # -- LoRA
         if cfg.uses_lora:
             from peft import LoraConfig
@@ -251,7 +253,8 @@ class ConceptTrainer:
         groups = []
         if cfg.uses_lora: groups.append(dict(params=self.lora_params, lr=cfg.lr_lora))
         if cfg.uses_ti: groups.append(dict(params=[self.rows], lr=cfg.lr_ti * (cfg.batch_size * acc.num_processes if cfg.scale_lr else 1)))
-        opt = torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
+        opt = torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8,
+                                fused=optimize_settings(self.device)['fused_optimizer'] or None)   # one kernel for the many small LoRA tensors
         self._unet_t, self._te_t = unet, te
         if cfg.uses_lora and cfg.uses_ti: self._unet_t, self._te_t, self.optimizer = acc.prepare(unet, te, opt)
         elif cfg.uses_lora: self._unet_t, self.optimizer = acc.prepare(unet, opt)

@@ -327,7 +327,9 @@ def diffusemix_pipeline(ctx: GenContext):
         from diffusers import StableDiffusionInstructPix2PixPipeline
         from diffmix_nb.tiny import load_pipeline
         st = diffusemix_settings(ctx.options, ctx.base_model)
-        ctx.cache['diffusemix_pipe'] = load_pipeline(st['edit_model'], StableDiffusionInstructPix2PixPipeline, device=ctx.device, dtype=ctx.dtype)
+        from diffmix_nb.perf import apply_optimize
+        ctx.cache['diffusemix_pipe'] = apply_optimize(load_pipeline(st['edit_model'], StableDiffusionInstructPix2PixPipeline,
+                                                                    device=ctx.device, dtype=ctx.dtype), 'pipeline', ctx.device)
     return ctx.cache['diffusemix_pipe']
 
 @register_sampler('diffusemix')

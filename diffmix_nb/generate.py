@@ -507,7 +507,7 @@ def text_to_image(pipe, prompts: list[str], seeds: list[int], num_inference_step
                    output_type='pil').images
     return [im.resize(size, Image.LANCZOS) for im in out] if size else out
 
-# %% ../nbs/30_generate.ipynb #2896429b
+# %% ../nbs/30_generate.ipynb #826f4524
 @dataclass
 class GenContext:
     "What samplers get: split, lazily loaded pipeline, sampling settings and a cache."
@@ -533,6 +533,8 @@ class GenContext:
             pipe = load_pipeline(self.base_model, device=self.device, dtype=self.dtype)
             if self.concepts is not None and hasattr(self.concepts, 'apply'): self.concepts.apply(pipe)
             if self.concepts is not None and hasattr(self.concepts, 'check'): self.concepts.check(pipe)
+            from diffmix_nb.perf import apply_optimize   # the one optimisation switch ($DIFFMIX_OPTIMIZE)
+            pipe = apply_optimize(pipe, 'pipeline', self.device)
             self.pipeline = pipe
         return set_scheduler(self.pipeline, self.scheduler)
     @property
@@ -784,7 +786,7 @@ def clip_filter(manifest,                   # a manifest file (rows with image p
     save_json(dict(model=str(clip_model_name_or_path), drop=drop, dropped=sorted(dropped), scores=scores), out.parent/'clip_scores.json')
     return out
 
-# %% ../nbs/30_generate.ipynb #30800eb4
+# %% ../nbs/30_generate.ipynb #2f6fc3d2
 SD15_H100_ROOFLINE = 34.0   # images/s, UNet-only bound at s 0.7 / 25 steps / guidance 7.5 (published cost figures)
 
 def random_sd15_pipeline(device=None, dtype=torch.float16, seed: int=0):
@@ -834,7 +836,7 @@ def benchmark_generate(pipe=None,                # an SD pipeline; default: rand
         out['roofline_fraction'] = round(batched / (SD15_H100_ROOFLINE * 17 / steps), 3)
     return out
 
-# %% ../nbs/30_generate.ipynb #c796c8b5
+# %% ../nbs/30_generate.ipynb #b8fc3a2a
 def cli_register(sub):
     "Add the `generate` subcommand to the `diffmix` parser."
     p = sub.add_parser('generate', help='plan and generate synthetic images (any registered method) into a manifest',
@@ -855,6 +857,10 @@ def cli_register(sub):
     p.add_argument('--longtail', action='store_true', default=None, help='long-tail pair rule (default: from the split)')
     p.add_argument('--steps', type=int); p.add_argument('--guidance', type=float); p.add_argument('--batch-size', type=int)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--device'); p.add_argument('--mixed-precision')
+    p.add_argument('--resolution', type=int, help='model input side in px (default: the preset\'s)')
+    from diffmix_nb.data import _option
+    p.add_argument('--option', '-o', action='append', type=_option, default=[], metavar='KEY=VALUE',
+                   help='method option, repeatable (JSON values): inversion_steps=10 (diff-ii), edit_steps=10 (diffusemix), ...')
     p.add_argument('--plan-only', action='store_true'); p.add_argument('--clip-filter', metavar='MODEL', help='CLIP folder or hub id')
     p.add_argument('--clip-drop', type=float, default=0.1)
     p.add_argument('--benchmark', action='store_true', help='print images/s of batched vs one-per-call translation and exit')
@@ -883,7 +889,8 @@ def _cli_generate(args) -> int:
                    num_variants=args.num_variants, longtail=args.longtail, num_inference_steps=args.steps,
                    guidance_scale=args.guidance, batch_size=args.batch_size, device=args.device,
                    mixed_precision=args.mixed_precision, plan_only=args.plan_only, clip_model=args.clip_filter,
-                   clip_drop=args.clip_drop, allow_other_base_model=args.allow_other_base_model)
+                   clip_drop=args.clip_drop, allow_other_base_model=args.allow_other_base_model,
+                   resolution=args.resolution, **dict(args.option))
     from accelerate import PartialState
     if not PartialState().is_main_process: return 0
     if args.plan_only:

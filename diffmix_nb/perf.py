@@ -21,15 +21,16 @@ from PIL import Image
 from .core import TINY_SD, PACKAGE_DIR, default_device, save_json
 
 # %% auto #0
-__all__ = ['DTYPES', 'PEAK_TFLOPS', 'SPEC_UNET_GFLOP', 'SUITES', 'STAGES', 'PROMPTS', 'resolve_device', 'resolve_perf_dtype',
-           'device_name', 'peak_tflops_for', 'default_peak_tflops', 'sd15_components', 'n_params', 'count_flops',
-           'unet_flops', 'classifier_flops', 'optimize_unet', 'optimize_pipeline', 'sync', 'PeakMemory', 'measure',
-           'mfu', 'memory_estimate', 'max_batch_for_memory', 'is_oom', 'free_memory', 'run_with_oom_backoff',
+__all__ = ['DTYPES', 'PEAK_TFLOPS', 'SPEC_UNET_GFLOP', 'OPTIMIZE_ENV', 'OPTIMIZE_LEVELS', 'SUITES', 'STAGES', 'PROMPTS',
+           'resolve_device', 'resolve_perf_dtype', 'device_name', 'peak_tflops_for', 'default_peak_tflops',
+           'sd15_components', 'n_params', 'count_flops', 'unet_flops', 'classifier_flops', 'optimize_unet',
+           'optimize_pipeline', 'optimize_settings', 'optimize_level', 'apply_optimize', 'sync', 'PeakMemory',
+           'measure', 'mfu', 'memory_estimate', 'max_batch_for_memory', 'is_oom', 'free_memory', 'run_with_oom_backoff',
            'batched_with_oom_backoff', 'quiet_hf', 'bench_finetune', 'suite_pipelines', 'bench_translate',
            'bench_diffii', 'bench_classifier', 'git_commit', 'git_dirty', 'environment_info', 'process_state',
            'run_suite', 'format_table', 'cli_register']
 
-# %% ../nbs/60_perf.ipynb #bce2c5f6
+# %% ../nbs/60_perf.ipynb #0529f13d
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 PEAK_TFLOPS = (  # (substring of torch.cuda.get_device_name, dense bf16 TFLOP/s, source); first match wins
     ('H100 PCIe', 756.0, 'nominal'),
@@ -185,6 +186,51 @@ def optimize_pipeline(pipe, channels_last: bool=True, compile: bool=False, sdpa:
         if hasattr(pipe, 'enable_vae_slicing'): pipe.enable_vae_slicing()
         else: pipe.vae.enable_slicing()
     return pipe
+
+# %% ../nbs/60_perf.ipynb #16d6665c
+OPTIMIZE_ENV = 'DIFFMIX_OPTIMIZE'
+OPTIMIZE_LEVELS = ('off', 'auto', 'on', 'compile')
+
+def optimize_settings(device=None,            # the device the work runs on (default: CUDA if present)
+                      level: str|None=None,   # `off`, `auto`, `on`, `compile` (default: `$DIFFMIX_OPTIMIZE`, else `auto`)
+                     ) -> dict:
+    "What the one optimisation switch turns on for `device`: `dict(level, sdpa, channels_last, compile, fused_optimizer)`."
+    lv = str(level or os.environ.get(OPTIMIZE_ENV) or 'auto').strip().lower()
+    if lv not in OPTIMIZE_LEVELS: raise ValueError(f"{OPTIMIZE_ENV}={lv!r}: use one of {', '.join(OPTIMIZE_LEVELS)}")
+    cuda = torch.device(device if device is not None else default_device()).type == 'cuda'
+    on = lv != 'off'
+    return dict(level=lv, sdpa=on, channels_last=on and (cuda or lv != 'auto'), compile=lv == 'compile', fused_optimizer=on)
+
+@contextlib.contextmanager
+def optimize_level(level: str|None):
+    "Set the switch (`$DIFFMIX_OPTIMIZE`) to `level` inside the block (None: leave it); restored after."
+    if level is None: yield; return
+    optimize_settings(level=level)   # validate
+    old = os.environ.get(OPTIMIZE_ENV); os.environ[OPTIMIZE_ENV] = level
+    try: yield
+    finally:
+        if old is None: os.environ.pop(OPTIMIZE_ENV, None)
+        else: os.environ[OPTIMIZE_ENV] = old
+
+def _module_device(m) -> torch.device:
+    p = next(iter(_unwrap(m).parameters()), None)
+    return p.device if p is not None else torch.device('cpu')
+
+def apply_optimize(obj,                  # a diffusers pipeline, a UNet being fine-tuned, or a classifier
+                   kind: str='pipeline', # `pipeline`, `finetune` or `classifier`
+                   device=None,          # default: where `obj`'s weights are
+                   level: str|None=None, # default: `$DIFFMIX_OPTIMIZE`, else `auto`
+                  ):
+    "`obj` optimised as the switch says for its device (`optimize_pipeline`, `optimize_unet`, channels-last/compile)."
+    m = obj.unet if kind == 'pipeline' else obj
+    s = optimize_settings(device if device is not None else _module_device(m), level)
+    if s['level'] == 'off': return obj
+    if kind == 'pipeline': return optimize_pipeline(obj, s['channels_last'], s['compile'], s['sdpa'])
+    if kind == 'finetune': return optimize_unet(obj, s['channels_last'], False, s['sdpa'])
+    if kind == 'classifier':
+        if s['channels_last']: obj = obj.to(memory_format=torch.channels_last)
+        return torch.compile(obj) if s['compile'] else obj
+    raise ValueError(f"kind={kind!r}: use 'pipeline', 'finetune' or 'classifier'")
 
 # %% ../nbs/60_perf.ipynb #d93f10c9
 def sync(device=None):
@@ -355,14 +401,14 @@ def batched_with_oom_backoff(fn: Callable[[list], list], # maps a chunk of items
         out.extend(res); i += bs
     return out, bs
 
-# %% ../nbs/60_perf.ipynb #470c67ad
+# %% ../nbs/60_perf.ipynb #5c286dba
 SUITES = {
     'tiny': dict(
-        finetune=dict(resolution=32, batch_size=8, steps=4, warmup=1, n_images=16),
+        finetune=dict(resolution=32, batch_size=8, steps=4, warmup=1, n_images=16, repeats=3),
         translate=dict(resolution=32, batch_sizes=(16,), n=16, baseline_n=4, steps=25, strength=0.7, guidance=7.5),
         diffii=dict(resolution=32, inversion_steps=50, steps=25, guidance=7.5, s=0.3, n=8, baseline_n=2, batch_size=8),
-        classifier=dict(models=(('resnet18', 32, 32, {}), ('vit_tiny_patch16_224', 32, 32, {'img_size': 32})), steps=3, warmup=1,
-                        num_classes=10),
+        classifier=dict(models=(('resnet18', 32, 32, {}), ('vit_tiny_patch16_224', 32, 32, {'img_size': 32})), steps=5, warmup=2,
+                        num_classes=10, repeats=5),
     ),
     'sd15': dict(
         finetune=dict(resolution=512, batch_size=8, steps=10, warmup=3, n_images=16),
@@ -411,7 +457,7 @@ def quiet_hf():
         if tbar: tlog.enable_progress_bar()
         if dbar: dlog.enable_progress_bar()
 
-# %% ../nbs/60_perf.ipynb #b662cb97
+# %% ../nbs/60_perf.ipynb #d36fe9d0
 def _finetune_parts(size: str, device):
     from diffmix_nb.concepts import load_base_parts
     if size == 'sd15': return sd15_components(torch.float32, device)
@@ -438,15 +484,14 @@ def bench_finetune(size: str='tiny', device=None, dtype=None, peak_tflops: float
     labels = [i % 4 for i in range(len(images))]
     classes = [ClassInfo(f'class {i}', i, 'thing') for i in range(4)]
     flops = {}
-    def run(cache, mp, channels_last):
+    def run(cache, mp, channels_last, level=None):   # level: the optimisation switch ConceptTrainer applies (None: as set)
         def go():
             with quiet_hf(): parts = _finetune_parts(size, dev)
             if 'unet' not in flops: flops['unet'] = unet_flops(parts['unet'], B, R, _vae_factor(parts['vae']), backward=True)['total']
-            if channels_last: optimize_unet(parts['unet'])
             cfg = finetune_config('sd15' if size == 'sd15' else 'tiny', mode='ti+lora', batch_size=B, resolution=R,
                                   mixed_precision=mp, cache_latents=cache)
             t0 = time.perf_counter()
-            with warnings.catch_warnings(), quiet_hf():
+            with warnings.catch_warnings(), quiet_hf(), optimize_level(level):
                 warnings.simplefilter('ignore')
                 tr = ConceptTrainer(images, labels, classes, cfg, parts=parts, device=dev)
             setup = time.perf_counter() - t0
@@ -455,9 +500,11 @@ def bench_finetune(size: str='tiny', device=None, dtype=None, peak_tflops: float
             return dict(rate=1 / m['seconds'], peak_mem_gb=m['peak_mem_gb'], peak_mem_abs_gb=m['peak_mem_abs_gb'], setup_s=setup)
         return _guarded(go, dict(cache_latents=cache, mixed_precision=mp, channels_last=channels_last, batch_size=B,
                                  resolution=R, mode='ti+lora'), strict)
-    ours, base = run(True, mp_ours, True), run(False, mp_base, False)
-    return [_row('finetune', 'steps/s', ours, base, flops.get('unet'), peak_tflops, images_per_step=B,
-                 setup_s=dict(ours=ours.get('setup_s'), baseline=base.get('setup_s')))]
+    fast = optimize_settings(dev)
+    pairs = [(run(True, mp_ours, fast['channels_last']), run(False, mp_base, False, 'off')) for _ in range(s.get('repeats', 1))]
+    ours, base = (_median_rate([p[k] for p in pairs]) for k in (0, 1))   # interleaved repeats
+    return [_paired(_row('finetune', 'steps/s', ours, base, flops.get('unet'), peak_tflops, images_per_step=B,
+                         setup_s=dict(ours=ours.get('setup_s'), baseline=base.get('setup_s'))), pairs)]
 
 # %% ../nbs/60_perf.ipynb #e9d3fe0f
 def _img2img(parts: dict):
@@ -578,12 +625,26 @@ def bench_diffii(ours_pipe, base_pipe, size: str='tiny', peak_tflops: float|None
     return [_row('diffii invert', 'images/s', ours_i, base_i, per * ks, peak_tflops, resolution=R, steps=ks),
             _row('diffii denoise', 'images/s', ours_d, base_d, per * 2 * s['steps'], peak_tflops, resolution=R, steps=s['steps'])]
 
-# %% ../nbs/60_perf.ipynb #3545400b
+# %% ../nbs/60_perf.ipynb #9c841f98
 @contextlib.contextmanager
 def _cudnn_benchmark(on: bool):
     old = torch.backends.cudnn.benchmark; torch.backends.cudnn.benchmark = on
     try: yield
     finally: torch.backends.cudnn.benchmark = old
+
+def _paired(row: dict, pairs: list[tuple[dict, dict]]) -> dict:
+    "Set `ratio` to the median of the per-round ratios ours/baseline (each round measured back to back), keep the rates."
+    r = [o['rate'] / b['rate'] for o, b in pairs if o.get('rate') and b.get('rate')]
+    if r: row.update(ratio=float(np.median(r)), round_ratios=[round(x, 3) for x in r],
+                     ours_rates=[round(o['rate'], 3) for o, _ in pairs if o.get('rate')],
+                     baseline_rates=[round(b['rate'], 3) for _, b in pairs if b.get('rate')])
+    return row
+
+def _median_rate(runs: list[dict]) -> dict:
+    "The run with the median rate (failed runs last), with every repeat's rate kept in `rates`."
+    ok = sorted((r for r in runs if r.get('rate')), key=lambda r: r['rate'])
+    if not ok: return runs[0]
+    return {**ok[(len(ok) - 1) // 2], 'rates': [round(r['rate'], 2) for r in ok]}
 
 def _classifier_step(model, x, y, opt, amp_dtype, device, scaler=None):
     from diffmix_nb.classify import soft_cross_entropy, smooth_targets
@@ -604,8 +665,10 @@ def bench_classifier(size: str='tiny', device=None, dtype=None, compile: bool=Fa
     dt = resolve_perf_dtype(dtype, dev)
     amp = dt if dt != torch.float32 else None
     ddp = process_state(dev).num_processes > 1
+    fast = optimize_settings(dev, 'compile' if compile else None)   # what `train_classifier` does on this device
     rows = []
     for name, img, B, kw in s['models']:
+        reps = s.get('repeats', 1)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(B, 3, img, img, generator=g).to(dev)
         y = F.one_hot(torch.randint(0, s['num_classes'], (B,), generator=g), s['num_classes']).float().to(dev)
@@ -613,23 +676,25 @@ def bench_classifier(size: str='tiny', device=None, dtype=None, compile: bool=Fa
             def go():
                 torch.manual_seed(0)
                 model = build_backbone(name, s['num_classes'], **kw).to(dev).train()
-                xx = x.contiguous(memory_format=torch.channels_last) if ours else x
-                if ours: model = model.to(memory_format=torch.channels_last)
+                xx = x.contiguous(memory_format=torch.channels_last) if ours and fast['channels_last'] else x
+                if ours and fast['channels_last']: model = model.to(memory_format=torch.channels_last)
                 if ddp: model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None)
                 if ours and compile: model = torch.compile(model)
-                opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+                opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, fused=(ours and fast['fused_optimizer']) or None)
                 scaler = torch.amp.GradScaler(dev.type) if ours and amp == torch.float16 else None
                 with _cudnn_benchmark(ours and dev.type == 'cuda'):
                     m = measure(_classifier_step(model, xx, y, opt, amp if ours else None, dev, scaler), dev, s['warmup'], s['steps'])
                 del model, opt; free_memory()
                 return dict(rate=B / m['seconds'], peak_mem_gb=m['peak_mem_gb'], peak_mem_abs_gb=m['peak_mem_abs_gb'])
-            cfg = (dict(dtype=_dtype_name(amp) if amp else 'fp32', channels_last=True, compiled=compile, batch_size=B) if ours
-                   else dict(dtype='fp32', channels_last=False, compiled=False, batch_size=B))
+            cfg = (dict(dtype=_dtype_name(amp) if amp else 'fp32', channels_last=fast['channels_last'], fused_optimizer=fast['fused_optimizer'],
+                        compiled=compile, batch_size=B) if ours
+                   else dict(dtype='fp32', channels_last=False, fused_optimizer=False, compiled=False, batch_size=B))
             return _guarded(go, {**cfg, 'ddp': ddp}, strict)
-        ours, base = run(True), run(False)
+        pairs = [(run(True), run(False)) for _ in range(reps)]   # interleaved: a busy machine slows both alike
+        ours, base = (_median_rate([p[k] for p in pairs]) for k in (0, 1))
         short = re.sub(r'_(224|384)$', '', name.split('.')[0])
-        rows.append(_row(f'classifier {short}@{img}', 'images/s', ours, base,
-                         classifier_flops(name, img, s['num_classes'], **kw), peak_tflops, batch_size=B))
+        rows.append(_paired(_row(f'classifier {short}@{img}', 'images/s', ours, base,
+                                 classifier_flops(name, img, s['num_classes'], **kw), peak_tflops, batch_size=B), pairs))
     return rows
 
 # %% ../nbs/60_perf.ipynb #4459ae87

@@ -183,3 +183,80 @@ def test_translate_flop_formula_counts_the_real_unet_calls():
         seen.clear(); diffii_generate(ours, xT, ['a', 'b'], ['x', 'y'], 0.3, 5, 7.5)
         assert sum(seen) == 2 * 2 * 5                                           # denoise: guided pair per step
     finally: h.remove()
+
+
+def test_optimize_switch(monkeypatch):
+    "One switch ($DIFFMIX_OPTIMIZE) for generation, fine-tuning and the classifier; channels-last stays off on the CPU in `auto`."
+    assert perf.optimize_settings('cpu')['channels_last'] is False and perf.optimize_settings('cuda')['channels_last'] is True
+    monkeypatch.setenv(perf.OPTIMIZE_ENV, 'off')
+    assert perf.optimize_settings('cpu') == dict(level='off', sdpa=False, channels_last=False, compile=False, fused_optimizer=False)
+    with perf.optimize_level('on'): assert perf.optimize_settings('cpu')['channels_last'] is True
+    assert os.environ[perf.OPTIMIZE_ENV] == 'off'
+    monkeypatch.setenv(perf.OPTIMIZE_ENV, 'turbo')
+    with pytest.raises(ValueError, match='DIFFMIX_OPTIMIZE'): perf.optimize_settings('cpu')
+
+
+def test_optimize_reaches_every_stage(monkeypatch):
+    "The switch is applied by the fine-tuning trainer (fused AdamW), generation's pipeline and the classifier (fused SGD)."
+    from diffmix_nb.concepts import ConceptTrainer, finetune_config
+    from diffmix_nb.data import ClassInfo
+    from PIL import Image
+    import numpy as np
+    ims = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(2)]
+    for level, fused in (('auto', True), ('off', None)):
+        with perf.optimize_level(level), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            tr = ConceptTrainer(ims, [0, 1], [ClassInfo('a', 0, 'top'), ClassInfo('b', 1, 'top')], finetune_config('tiny', batch_size=2),
+                                base_model=perf.TINY_SD, device='cpu')
+        assert tr.optimizer.optimizer.defaults['fused'] is fused
+    seen = []
+    real = perf.optimize_pipeline
+    monkeypatch.setattr(perf, 'optimize_pipeline', lambda pipe, *a, **k: (seen.append(a), real(pipe, *a, **k))[1])
+    from diffmix_nb.generate import GenContext
+    from diffmix_nb.data import load_dataset_spec, make_split
+    ctx = GenContext(make_split(load_dataset_spec('fashion_mnist'), shots=1, seed=0), str(perf.TINY_SD), device='cpu', dtype=torch.float32)
+    with perf.optimize_level('on'): ctx.pipe
+    assert seen and seen[0][0] is True                                          # channels_last forced by 'on'
+
+
+def test_classifier_checkpoints_are_batched(monkeypatch, tmp_path):
+    "The training loop writes last.pt/best.pt at most every CHECKPOINT_SECONDS (and at the end), not every epoch; resume still works."
+    from diffmix_nb import classify
+    from diffmix_nb.data import load_dataset_spec, make_split
+    sp = make_split(load_dataset_spec('fashion_mnist'), shots=2, seed=0, val_per_class=2)
+    writes = []
+    real = classify._save_ckpt
+    monkeypatch.setattr(classify, '_save_ckpt', lambda obj, path: (writes.append((Path(path).name, obj['epoch'])), real(obj, path))[1])
+    monkeypatch.setattr(classify, 'CHECKPOINT_SECONDS', 1e9)
+    cfg = dict(epochs=4, batch_size=10, test_limit=50)
+    part = classify.train_classifier(sp, cfg=cfg, out_dir=tmp_path, stop_after=2, progress=False)
+    assert part['status'] == 'stopped' and [w for w in writes if w[0] == 'last.pt'] == [('last.pt', 1)]
+    res = classify.train_classifier(sp, cfg=cfg, out_dir=tmp_path, progress=False)
+    assert res['status'] == 'finished' and [w for w in writes if w[0] == 'last.pt'] == [('last.pt', 1), ('last.pt', 3)]
+    assert classify.train_classifier(sp, cfg=cfg, progress=False)['test_acc'] == res['test_acc']   # same as an uninterrupted run
+
+
+def test_bench_classifier_uses_the_training_settings():
+    "On the CPU ours is what train_classifier runs: fused SGD, default layout (channels-last measured slower there)."
+    rows = perf.bench_classifier('tiny', 'cpu', steps=1, warmup=1, repeats=1, models=(('resnet18', 32, 4, {}),))
+    cfg = rows[0]['ours_config']
+    assert cfg['fused_optimizer'] is True and cfg['channels_last'] is False and rows[0]['baseline_config']['fused_optimizer'] is False
+
+
+@pytest.mark.skipif(not os.environ.get('DIFFMIX_SMOKE'), reason='set DIFFMIX_SMOKE=tiny (about a minute) or sd15 (15-40 min, 14 GB RAM at the 2-process stage)')
+def test_smoke(tmp_path):
+    "`diffmix smoke`: every stage on the tiny or the real-size random models, each in its own process, and the 2-process run."
+    from diffmix_nb.smoke import run_smoke, SMOKE_STAGES
+    size = os.environ['DIFFMIX_SMOKE'] if os.environ['DIFFMIX_SMOKE'] in ('tiny', 'sd15') else 'tiny'
+    out = Path(os.environ.get('DIFFMIX_SMOKE_DIR') or tmp_path)
+    rep = run_smoke(out, size, verbose=False)
+    assert rep['ok'], [(r['stage'], r['error']) for r in rep['stages'] if r['rc']]
+    assert [r['stage'] for r in rep['stages']] == ['models', *SMOKE_STAGES]
+    v = {r['stage']: r.get('value') for r in rep['stages']}
+    assert v['ddp']['lora_identical'] and v['ddp']['rows_identical'] and v['ddp']['processes'] == 2
+    assert v['ddp']['shards_sum'] == v['ddp']['plan_tasks'] and v['ddp']['shards_cover_plan'] and v['ddp']['shards_disjoint']
+    assert v['load']['dtype'] == 'torch.float32' and v['load']['token_ids'] == [v['load']['vocab'] - 2]
+    o = v['optimize']
+    assert o['finetune']['max_abs_lora'] < 1e-4 and o['classifier']['max_abs_logits'] < 1e-2 and o['translate']['mean_abs_px'] < 2
+    if size == 'sd15':
+        assert rep['models']['params']['unet'] == 859_520_964 and rep['models']['params']['ip2p_unet'] == 859_532_484
