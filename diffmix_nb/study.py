@@ -20,10 +20,13 @@ from .core import ASSETS_DIR, atomic_write, derive_seed, get_preset, load_json, 
 from .data import FMNIST_ROOT, fmnist_arrays
 
 # %% auto #0
-__all__ = ['ORACLE_PATH', 'STUDY_METHODS', 'SETTINGS', 'P_DIFFMIX', 'OracleNet', 'to_oracle_input', 'train_oracle',
-           'oracle_predict', 'load_oracle', 'vendi_score', 'score_images', 'StageTimer', 'tiny_split',
-           'translation_grid', 'save_grid_figure', 'demo', 'bench', 'score_manifest', 'strength_sweep', 'collect_study',
-           'study_table', 'plot_study', 'plot_tradeoff', 'write_report', 'cli_register']
+__all__ = ['ORACLE_PATH', 'STUDY_METHODS', 'SETTINGS', 'P_DIFFMIX', 'QUICK_METHODS', 'DESIGNS', 'RUN_METRICS', 'MIN_UNITS',
+           'CLAIMS', 'PUBLISHED_5SHOT', 'OracleNet', 'to_oracle_input', 'train_oracle', 'oracle_predict', 'load_oracle',
+           'vendi_score', 'score_images', 'StageTimer', 'tiny_split', 'translation_grid', 'save_grid_figure', 'demo',
+           'hard_label_rows', 'plan_jobs', 'job_id', 'bench', 'estimate_budget', 'budget_text', 'score_manifest',
+           'strength_sweep', 'collect_study', 'study_runs', 'paired_differences', 'bootstrap_ci', 'compare', 'verdict',
+           'differences_table', 'claims_table', 'ranking_agreement', 'study_table', 'plot_study', 'plot_forest',
+           'plot_tradeoff', 'half_width_summary', 'study_reading', 'render_report', 'write_report', 'cli_register']
 
 # %% ../nbs/50_study.ipynb #342b24a9
 ORACLE_PATH = ASSETS_DIR/'fmnist-oracle.safetensors'
@@ -202,7 +205,7 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #74aa99a6
+# %% ../nbs/50_study.ipynb #0952f188
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
@@ -216,11 +219,17 @@ STUDY_METHODS: dict[str, dict] = {
     'diff-aug':      dict(gen='diff-aug', clf=dict(mode='uniform')),
     'diff-gen':      dict(gen='diff-gen', clf=dict(mode='uniform')),
     'diff-mix':      dict(gen='diff-mix', clf=dict(mode='uniform')),
+    'diff-mix-hard': dict(gen='diff-mix', labels='hard', clf=dict(mode='uniform')),   # Diff-Mix's images, one-hot target labels
     'diff-ii':       dict(gen='diff-ii', clf=dict(mode='same-class', p=0.5)),
-    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='own-variants', p=0.5)),   # METHODS 5.4 'x5 and replacement'
+    'diffusemix':    dict(gen='diffusemix', clf=dict(mode='own-variants', p=0.5)),   # 'x5 and replacement'
 }
 SETTINGS = ('5shot', '10shot', 'lt')
-P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # METHODS.md 7: 0.3 in 5-shot and long-tail
+P_DIFFMIX = {'5shot': 0.3, '10shot': 0.3, 'lt': 0.3}   # Diff-Mix's replacement probability: 0.3 in 5-shot and long-tail
+QUICK_METHODS = ('original', 'mixup', 'real-mix', 'diff-aug', 'diff-mix', 'diff-mix-hard')
+DESIGNS: dict[str, dict] = {   # `diffmix bench` (full) and `diffmix bench --quick`
+    'full':  dict(settings=SETTINGS, split_seeds=(0, 1, 2), seeds=(0, 1, 2), methods=None),
+    'quick': dict(settings=('5shot',), split_seeds=(0, 1), seeds=(0, 1), methods=QUICK_METHODS),
+}
 
 def _clf_cfg(method: str, setting: str, epochs=None, test_limit=None) -> dict:
     c = dict(STUDY_METHODS[method]['clf'])
@@ -232,52 +241,137 @@ def _clf_cfg(method: str, setting: str, epochs=None, test_limit=None) -> dict:
     if test_limit: c['test_limit'] = test_limit
     return c
 
-def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
-          settings=SETTINGS, methods=None, seeds=(0, 1, 2), preset: str='tiny', split_seed: int=0,
-          finetune_steps: int|None=None, multiplier: float|None=None, epochs: int|None=None, test_limit: int|None=None,
-          progress: bool=True, log=print) -> dict:
-    "Run (or resume) the study: for each setting, split -> concepts -> every method's synthetic set -> classifiers over seeds."
-    from diffmix_nb.concepts import learn_concepts
-    from diffmix_nb.generate import generate, final_manifest
-    from diffmix_nb.classify import run_seeds
-    from diffmix_nb.data import Split
-    out = Path(out_dir); methods = list(methods or STUDY_METHODS)
+def _gen_dir(m: str) -> str:
+    "Generation folder of study method `m`: methods that share a generator and its options share the images."
+    spec = STUDY_METHODS[m]; kw = spec.get('gen_kw', {})
+    return spec['gen'] + ''.join(f'-{k}{v}' for k, v in sorted(kw.items())) if spec['gen'] else None
+
+def _concept_kinds(ms) -> list[str]:
+    "Concept models the methods `ms` need (real-* and DiffuseMix use the base model only)."
+    need = {STUDY_METHODS[m].get('concepts', 'ti+lora') for m in ms
+            if STUDY_METHODS[m]['gen'] and not STUDY_METHODS[m]['gen'].startswith('real-') and STUDY_METHODS[m]['gen'] != 'diffusemix'}
+    return sorted(need)
+
+def hard_label_rows(manifest):
+    "The rows of `manifest` with every soft label replaced by a one-hot label on the target class (same total weight)."
+    from diffmix_nb.classify import read_manifest, ManifestRows
+    rows = read_manifest(manifest)
+    hard = [{**r, 'soft_label': {r['target_label']: float(sum(r['soft_label'].values()))}} for r in rows]
+    return ManifestRows(hard, rows.skipped, [{**s, 'labels': 'hard'} for s in rows.sources])
+
+def plan_jobs(settings=SETTINGS, methods=None, split_seeds=(0, 1, 2), seeds=(0, 1, 2)) -> list[dict]:
+    "Every job of a bench design in run order: per setting and split seed, split -> concepts -> generation -> classifiers."
+    methods = list(methods or STUDY_METHODS)
     unknown = [m for m in methods if m not in STUDY_METHODS]
     if unknown: raise KeyError(f"unknown study method(s) {unknown}; known: {list(STUDY_METHODS)}")
-    results = {}
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad: raise ValueError(f"unknown setting(s) {bad}: use {list(SETTINGS)}")
+    jobs = []
     for setting in settings:
-        d = out/setting; T = StageTimer()
         ms = [m for m in methods if setting in STUDY_METHODS[m].get('settings', SETTINGS)]
-        with T('split'):
-            if (d/'split.json').exists(): split = Split.load(d/'split.json')
-            else: split = tiny_split(setting, seed=split_seed); split.save(d/'split.json')
-        concepts = {}
-        for kind in sorted({STUDY_METHODS[m].get('concepts', 'ti+lora') for m in ms if STUDY_METHODS[m]['gen']}):
-            if all(STUDY_METHODS[m]['gen'].startswith('real-') for m in ms if STUDY_METHODS[m]['gen'] and STUDY_METHODS[m].get('concepts', 'ti+lora') == kind):
-                continue
-            with T(f'concepts-{kind}'):
-                log(f'[{setting}] concepts ({kind})')
-                concepts[kind] = learn_concepts(split, d/f'concepts-{kind}', preset=preset, mode=kind, steps=finetune_steps, progress=progress)
-        manifests = {}
-        for m in ms:
-            spec = STUDY_METHODS[m]
-            if not spec['gen']: continue
-            with T(f'gen-{m}'):
-                log(f'[{setting}] generate {m}')
-                cdir = None if spec['gen'].startswith('real-') or spec['gen'] == 'diffusemix' else concepts[spec.get('concepts', 'ti+lora')]
-                generate(d/'gen'/m, split=split, method=spec['gen'], concepts=cdir, preset=preset, seed=split_seed,
-                         multiplier=multiplier, **spec.get('gen_kw', {}))
-                manifests[m] = final_manifest(d/'gen'/m)
-        for m in ms:
-            with T(f'clf-{m}'):
-                log(f'[{setting}] classifier {m}')
-                r = run_seeds(split, [manifests[m]] if m in manifests else (), _clf_cfg(m, setting, epochs, test_limit), seeds=seeds,
-                              out_dir=d/'clf'/m, name=m, preset=preset, progress=progress)
-            results.setdefault(setting, {})[m] = r['summary']
-        save_json(dict(times=T.times), d/f'times-{"-".join(ms) if len(ms) < 4 else "all"}.json')
-    return results
+        for k in split_seeds:
+            base = dict(setting=setting, split_seed=int(k))
+            jobs.append(dict(base, kind='split', name='split'))
+            jobs += [dict(base, kind='concepts', name=c) for c in _concept_kinds(ms)]
+            jobs += [dict(base, kind='generate', name=g) for g in dict.fromkeys(_gen_dir(m) for m in ms if STUDY_METHODS[m]['gen'])]
+            jobs += [dict(base, kind='classifier', name=m, seed=int(r)) for m in ms for r in seeds]
+    return jobs
 
-# %% ../nbs/50_study.ipynb #065cab7e
+def job_id(job: dict) -> str:
+    "A readable unique name of a job: `5shot/split1/classifier/diff-mix/seed2`."
+    return '/'.join([job['setting'], f"split{job['split_seed']}", job['kind'], job['name']] + ([f"seed{job['seed']}"] if 'seed' in job else []))
+
+def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
+          settings=SETTINGS, methods=None, seeds=(0, 1, 2), split_seeds=(0, 1, 2), preset: str='tiny',
+          finetune_steps: int|None=None, multiplier: float|None=None, epochs: int|None=None, test_limit: int|None=None,
+          classifier: dict|None=None, # extra classifier options for every run (e.g. another backbone or size)
+          progress: bool=False, log=print) -> list[dict]:
+    "Run (or resume) the study design job by job; returns the job log of this call (id, seconds, whether it ran)."
+    from diffmix_nb.concepts import learn_concepts
+    from diffmix_nb.generate import generate, final_manifest
+    from diffmix_nb.classify import train_classifier
+    from diffmix_nb.data import Split
+    out = Path(out_dir); jobs = plan_jobs(settings, methods, split_seeds, seeds)
+    n, t_all, done_log, spent = len(jobs), time.perf_counter(), [], {}
+    splits = {}
+    for i, job in enumerate(jobs):
+        d = out/job['setting']/f"split{job['split_seed']}"; jid = job_id(job); t0 = time.perf_counter(); ran = True
+        key = (job['setting'], job['split_seed'])
+        if job['kind'] == 'split':
+            if (d/'split.json').exists(): splits[key] = Split.load(d/'split.json'); ran = False
+            else: splits[key] = tiny_split(job['setting'], seed=job['split_seed']); splits[key].save(d/'split.json')
+        else:
+            split = splits.get(key) or Split.load(d/'split.json')
+            if job['kind'] == 'concepts':
+                ran = not (d/f"concepts-{job['name']}"/'concepts.json').exists()
+                learn_concepts(split, d/f"concepts-{job['name']}", preset=preset, mode=job['name'], steps=finetune_steps,
+                               seed=job['split_seed'], progress=progress)
+            elif job['kind'] == 'generate':
+                m = next(m for m in STUDY_METHODS if _gen_dir(m) == job['name']); spec = STUDY_METHODS[m]
+                g = d/'gen'/job['name']; ran = not (g/'manifest.jsonl').exists()
+                cdir = d/f"concepts-{spec.get('concepts', 'ti+lora')}" if _concept_kinds([m]) else None
+                generate(g, split=split, method=spec['gen'], concepts=cdir, preset=preset, seed=job['split_seed'],
+                         multiplier=multiplier, **spec.get('gen_kw', {}))
+            else:
+                m, spec = job['name'], STUDY_METHODS[job['name']]; rd = d/'clf'/m/f"seed{job['seed']}"
+                prev = load_json(rd/'results.json') if (rd/'results.json').exists() else {}
+                if spec['gen']:
+                    f = final_manifest(d/'gen'/_gen_dir(m))
+                    manifests = hard_label_rows(f) if spec.get('labels') == 'hard' else [f]
+                else: manifests = ()
+                cfg = {**_clf_cfg(m, job['setting'], epochs, test_limit), **(classifier or {})}
+                r = train_classifier(split, manifests, cfg, out_dir=rd, seed=job['seed'], preset=preset, progress=progress)
+                ran = not (prev.get('status') == 'finished' and prev.get('run_key') == r['run_key'])
+        sec = time.perf_counter() - t0
+        row = dict(id=jid, kind=job['kind'], setting=job['setting'], seconds=round(sec, 2), ran=ran,
+                   finished=time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime()))
+        done_log.append(row)
+        if ran:
+            spent.setdefault(job['kind'], []).append(sec)
+            with open(out/'jobs.jsonl', 'a') as fh: fh.write(json.dumps(row) + '\n')
+        left = sum(np.mean(spent[j['kind']]) if j['kind'] in spent else 0 for j in jobs[i + 1:])
+        log(f"[{i + 1}/{n}] {jid}: {'%.1f s' % sec if ran else 'done before'} | elapsed {(time.perf_counter() - t_all) / 60:.1f} min"
+            + (f", about {left / 60:.0f} min left" if spent else ''))
+    return done_log
+
+# %% ../nbs/50_study.ipynb #00e1e964
+_TRAIN_SIZE = {'5shot': 50, '10shot': 100, 'lt': None}
+
+def _train_size(setting: str) -> int:
+    if _TRAIN_SIZE.get(setting): return _TRAIN_SIZE[setting]
+    return sum(max(1, round(50 * 0.1 ** (c / 9))) for c in range(10))   # long-tail: IF 0.1 over a 50-image-per-class pool
+
+def estimate_budget(job_log, # rows of `jobs.jsonl` (or its path, or a bench folder)
+                    design: dict|None=None, # `plan_jobs` arguments (default: the full design)
+                    cores_note: str='') -> dict:
+    "Hours the design would take at the measured per-job times; per kind: jobs, seconds per job, total."
+    if isinstance(job_log, (str, Path)):
+        p = Path(job_log); p = p/'jobs.jsonl' if p.is_dir() else p
+        job_log = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    ran = [r for r in job_log if r.get('ran', True)]
+    if not ran: raise ValueError("no measured jobs: run `diffmix bench --quick` (or any bench) first; its jobs.jsonl holds the times")
+    jobs = plan_jobs(**(design or DESIGNS['full']))
+    per, total = {}, 0.0
+    for j in jobs:
+        same = [r['seconds'] for r in ran if r['kind'] == j['kind'] and r['setting'] == j['setting']]
+        if same: sec = float(np.median(same))
+        else:
+            other = [(r['seconds'], r['setting']) for r in ran if r['kind'] == j['kind']]
+            if not other: continue
+            scale = 1.0 if j['kind'] in ('split', 'concepts') else _train_size(j['setting']) / np.mean([_train_size(s) for _, s in other])
+            sec = float(np.median([s for s, _ in other])) * scale
+        e = per.setdefault(j['kind'], dict(jobs=0, seconds=0.0)); e['jobs'] += 1; e['seconds'] += sec; total += sec
+    for e in per.values(): e['seconds_per_job'] = e['seconds'] / e['jobs']
+    missing = sorted({j['kind'] for j in jobs} - set(per))
+    return dict(hours=total / 3600, per_kind=per, jobs=len(jobs), unmeasured_kinds=missing, note=cores_note)
+
+def budget_text(est: dict) -> str:
+    "One line per job kind and the total."
+    lines = [f"{k:<11}{e['jobs']:5d} jobs x {e['seconds_per_job']:7.1f} s = {e['seconds'] / 3600:5.2f} h" for k, e in est['per_kind'].items()]
+    lines.append(f"{'total':<11}{est['jobs']:5d} jobs            = {est['hours']:5.2f} h" + (f"  (not measured: {est['unmeasured_kinds']})" if est['unmeasured_kinds'] else ''))
+    return '\n'.join(lines)
+
+# %% ../nbs/50_study.ipynb #8e555272
 def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None) -> dict:
     "Oracle faithfulness and diversity of a generation folder's manifest (intended class: the soft label's argmax)."
     from diffmix_nb.classify import read_manifest
@@ -291,37 +385,66 @@ def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None) 
     return res
 
 def strength_sweep(out_dir: str|Path='runs/bench', setting: str='5shot', strengths=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
-                   methods=('diff-mix', 'real-mix'), multiplier: float=1, preset: str='tiny', oracle=None) -> list[dict]:
+                   methods=('diff-mix', 'real-mix'), multiplier: float=1, preset: str='tiny', oracle=None, split_seed: int=0) -> list[dict]:
     "Faithfulness and diversity of Diff-Mix (fine-tuned) and Real-Mix (base model) translations as the strength grows."
     from diffmix_nb.generate import generate, final_manifest
     from diffmix_nb.data import Split
-    d = Path(out_dir)/setting; split = Split.load(d/'split.json'); oracle = oracle or load_oracle(); rows = []
+    d = Path(out_dir)/setting/f'split{split_seed}'; split = Split.load(d/'split.json'); oracle = oracle or load_oracle(); rows = []
     for m in methods:
         for s in strengths:
             g = d/'sweep'/f'{m}-s{s}'
             generate(g, split=split, method=m, concepts=None if m.startswith('real-') else d/'concepts-ti+lora', preset=preset,
-                     multiplier=multiplier, strength=float(s))
+                     multiplier=multiplier, strength=float(s), seed=split_seed)
             rows.append({**score_manifest(final_manifest(g), oracle), 'method': m, 'strength': s})
-    save_json(rows, d/'sweep.json'); return rows
+    save_json(rows, Path(out_dir)/setting/'sweep.json'); return rows
 
-def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None) -> dict:
-    "Gather every finished classifier summary and synthetic-set score of a bench folder into one dict."
+RUN_METRICS = ('test_acc', 'test_acc_last', 'val_acc', 'many', 'medium', 'few')
+
+def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None, design: dict|None=None) -> dict:
+    "Gather every finished classifier run and synthetic-set score of a bench folder into one dict (format 2)."
     from diffmix_nb.generate import final_manifest
+    from diffmix_nb.classify import summarize
+    from diffmix_nb.data import Split
     out = Path(out_dir); oracle = oracle or load_oracle()
-    study = dict(format='diffmix_nb.study/1', created=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), commit=_git_commit(),
-                 machine=_machine(), settings={})
+    study = dict(format='diffmix_nb.study/2', created=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), commit=_git_commit(),
+                 machine=_machine(), versions=_versions(), design=design or {}, settings={})
     for setting in settings:
-        d = out/setting
-        if not (d/'split.json').exists(): continue
-        acc, fid = {}, {}
-        for m in STUDY_METHODS:
-            f = d/'clf'/m/'summary.json'
-            if f.exists(): acc[m] = load_json(f)['summary']
-            g = d/'gen'/m
-            if (g/'manifest.jsonl').exists(): fid[m] = score_manifest(final_manifest(g), oracle)
-        study['settings'][setting] = dict(accuracy=acc, synthetic=fid, sweep=load_json(d/'sweep.json') if (d/'sweep.json').exists() else None,
-                                          split=load_json(d/'split.json')['hash'])
+        sd = out/setting; runs, synth, ref, splits, cfg = [], {}, {}, {}, None
+        for d in sorted(sd.glob('split*')):
+            if not (d/'split.json').exists(): continue
+            k = int(d.name[5:]); split = Split.load(d/'split.json'); splits[k] = split.hash
+            for m in STUDY_METHODS:
+                for f in sorted((d/'clf'/m).glob('seed*/results.json')):
+                    r = load_json(f)
+                    if r.get('status') != 'finished': continue
+                    cfg = cfg or {c: r['config'].get(c) for c in ('backbone', 'pretrained', 'img_size', 'epochs', 'lr', 'test_limit')}
+                    runs.append(dict(method=m, split_seed=k, seed=r['seed'], **{x: r.get(x, (r.get('test') or {}).get(x)) for x in RUN_METRICS}))
+                g = d/'gen'/_gen_dir(m) if STUDY_METHODS[m]['gen'] else None
+                if g is not None and (g/'manifest.jsonl').exists() and STUDY_METHODS[m].get('labels') != 'hard':
+                    synth.setdefault(m, {})[k] = score_manifest(final_manifest(g), oracle)
+            its = split.train_items
+            ref[k] = score_images([split.load_image(it) for it in its], [it.label for it in its], oracle)
+        if not runs and not synth: continue
+        accuracy = {m: summarize([r for r in runs if r['method'] == m]) for m in dict.fromkeys(r['method'] for r in runs)}
+        study['settings'][setting] = dict(runs=runs, accuracy=accuracy, synthetic=_mean_scores(synth), synthetic_per_split=synth,
+                                          real=_mean_scores({'real': ref})['real'] if ref else None, splits=splits, classifier=cfg,
+                                          sweep=load_json(sd/'sweep.json') if (sd/'sweep.json').exists() else None)
+    if (out/'jobs.jsonl').exists():
+        log = [json.loads(l) for l in (out/'jobs.jsonl').read_text().splitlines() if l.strip()]
+        study['job_seconds'] = {k: dict(n=len(v), median=float(np.median(v)), total=float(np.sum(v)))
+                                for k in dict.fromkeys(r['kind'] for r in log) for v in [[r['seconds'] for r in log if r['kind'] == k]]}
+        try: study['budget_full_design'] = estimate_budget(log)
+        except ValueError: pass
     return study
+
+def _mean_scores(per_split: dict) -> dict:
+    "Average each method's synthetic-set scores over split seeds."
+    out = {}
+    for m, by in per_split.items():
+        keys = [k for k in next(iter(by.values())) if isinstance(next(iter(by.values()))[k], (int, float))]
+        out[m] = {k: float(np.nanmean([v[k] for v in by.values() if v.get(k) is not None])) for k in keys}
+        out[m]['splits'] = len(by)
+    return out
 
 def _git_commit() -> str|None:
     try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=Path(__file__).parent if '__file__' in globals() else None).stdout.strip() or None
@@ -331,9 +454,171 @@ def _machine() -> str:
     import torch, diffusers
     return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}; python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}"
 
-# %% ../nbs/50_study.ipynb #5667ddb1
+def _versions() -> dict:
+    import importlib.metadata as md
+    out = {'python': platform.python_version()}
+    for p in ('torch', 'timm', 'diffusers', 'transformers', 'peft', 'numpy', 'seaborn', 'diffmix_nb'):
+        try: out[p] = md.version(p)
+        except md.PackageNotFoundError: pass
+    return out
+
+# %% ../nbs/50_study.ipynb #547902c6
+def study_runs(study: dict, setting: str) -> list[dict]:
+    "One row per finished classifier run (method, split_seed, seed, metrics); format-1 studies (one split) are converted."
+    st = study['settings'][setting]
+    if 'runs' in st: return st['runs']
+    rows = []   # format 1: one split (seed 0); `values` are in classifier-seed order 0, 1, 2
+    for m, acc in st['accuracy'].items():
+        for i, v in enumerate(acc['test_acc']['values']):
+            rows.append(dict(method=m, split_seed=0, seed=i, **{k: acc[k]['values'][i] for k in acc if k in RUN_METRICS and len(acc[k].get('values', [])) > i}))
+    return rows
+
+def paired_differences(runs: list[dict], a: str, b: str='original', metric: str='test_acc') -> dict[tuple[int, int], float]:
+    "`acc(a) - acc(b)` for every (split seed, classifier seed) unit both methods finished."
+    va = {(r['split_seed'], r['seed']): r[metric] for r in runs if r['method'] == a and r.get(metric) is not None}
+    vb = {(r['split_seed'], r['seed']): r[metric] for r in runs if r['method'] == b and r.get(metric) is not None}
+    return {u: va[u] - vb[u] for u in sorted(va) if u in vb}
+
+def bootstrap_ci(values, clusters=None, # cluster id per value (split seed) for `resample='nested'`
+                 n_boot: int=10_000, level: float=0.95, seed: int=0, resample: str='units') -> dict:
+    "Mean of `values` with a percentile bootstrap interval: `units` resamples the values, `nested` clusters then values."
+    v = np.asarray(values, dtype=float); n = len(v)
+    if n == 0: return dict(mean=float('nan'), lo=float('nan'), hi=float('nan'), half_width=float('nan'), n=0)
+    rng = np.random.default_rng(seed)
+    if resample == 'units': means = v[rng.integers(0, n, (n_boot, n))].mean(1)
+    elif resample == 'nested':
+        if clusters is None: raise ValueError("resample='nested' needs `clusters` (the split seed of each value)")
+        groups = [v[np.asarray(clusters) == c] for c in dict.fromkeys(clusters)]; G = len(groups); means = np.empty(n_boot)
+        for b in range(n_boot):
+            pick = [groups[g] for g in rng.integers(0, G, G)]
+            means[b] = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in pick]).mean()
+    else: raise ValueError(f"resample={resample!r}: use 'units' or 'nested'")
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2]) if n > 1 else (v[0], v[0])
+    return dict(mean=float(v.mean()), lo=float(lo), hi=float(hi), half_width=float(hi - lo) / 2, n=n)
+
+def compare(study: dict, setting: str, a: str, b: str='original', metric: str='test_acc', resample: str='units', **kw) -> dict|None:
+    "Paired difference `a - b` in `setting` with its bootstrap CI, units and verdict of 'a > b'; None without shared units."
+    d = paired_differences(study_runs(study, setting), a, b, metric)
+    if not d: return None
+    ci = bootstrap_ci(list(d.values()), [u[0] for u in d], resample=resample, **kw)
+    return dict(ci, a=a, b=b, setting=setting, splits=len({u[0] for u in d}), seeds=len({u[1] for u in d}), verdict=verdict(ci))
+
+MIN_UNITS = 4   # fewer paired units than this: no verdict (a percentile bootstrap of 2-3 values is far too narrow)
+
+def verdict(ci: dict, min_units: int=MIN_UNITS) -> str:
+    "`holds` if the interval of a - b is above zero, `refuted` if below, else (or with under `min_units` units) `unresolved`."
+    if ci is None or not np.isfinite(ci.get('lo', np.nan)) or ci['n'] < min_units: return 'unresolved'
+    return 'holds' if ci['lo'] > 0 else 'refuted' if ci['hi'] < 0 else 'unresolved'
+
+def differences_table(study: dict, ref: str='original', digits: int=2, resample: str='units') -> tuple[str, list[dict]]:
+    "Markdown table (and rows) of every method's paired difference to `ref`, per setting, with CI and half-width."
+    rows = []
+    for s in study['settings']:
+        for m in STUDY_METHODS:
+            if m == ref: continue
+            c = compare(study, s, m, ref, resample=resample)
+            if c: rows.append(c)
+    md = ['| setting | method | vs ' + ref + ' (points) | 95 % CI | half-width | units (splits x seeds) |', '|---|---|---|---|---|---|']
+    md += [f"| {c['setting']} | {c['a']} | {c['mean']:+.{digits}f} | [{c['lo']:+.{digits}f}, {c['hi']:+.{digits}f}] | {c['half_width']:.{digits}f} | "
+           f"{c['n']} ({c['splits']} x {c['seeds']}) |" for c in rows]
+    return '\n'.join(md), rows
+
+# %% ../nbs/50_study.ipynb #0766017f
+CLAIMS: list[dict] = [
+    dict(claim='Diff-Mix > Real-Mix', source='Diff-Mix', pairs=[('diff-mix', 'real-mix')], settings=SETTINGS),
+    dict(claim='Diff-Mix > Diff-Aug > Original', source='Diff-Mix', pairs=[('diff-mix', 'diff-aug'), ('diff-aug', 'original')], settings=('5shot',)),
+    dict(claim='Diff-II > Diff-Mix', source='Diff-II', pairs=[('diff-ii', 'diff-mix')], settings=('5shot', '10shot')),
+    dict(claim='DiffuseMix > Original', source='DiffuseMix', pairs=[('diffusemix', 'original')], settings=SETTINGS),
+    dict(claim='Diff-Mix gains in long-tail over CE and CMO-DRW', source='Diff-Mix', pairs=[('diff-mix', 'original'), ('diff-mix', 'cmo-drw')], settings=('lt',)),
+    dict(claim='soft > hard labels', source='Diff-Mix', pairs=[('diff-mix', 'diff-mix-hard')], settings=SETTINGS),
+    dict(claim='strength trades diversity for faithfulness', source='Diff-Mix', sweep=True, settings=('5shot',)),
+]
+_NAMES = {'original': 'Original', 'cmo-drw': 'CMO-DRW', 'real-mix': 'Real-Mix', 'diff-mix': 'Diff-Mix', 'diff-aug': 'Diff-Aug',
+          'diff-ii': 'Diff-II', 'diffusemix': 'DiffuseMix', 'diff-mix-hard': 'Diff-Mix (hard labels)'}
+
+def _nm(m): return _NAMES.get(m, m)
+
+def _why_pair(st: dict, a: str, b: str) -> str:
+    "One clause on the synthetic images behind `a` vs `b`, from the oracle's faithfulness and diversity."
+    syn, real = st.get('synthetic') or {}, st.get('real')
+    sa, sb = syn.get(a), syn.get(b)
+    if STUDY_METHODS.get(b, {}).get('labels') == 'hard' and sa:
+        return (f"both train on the same translations, of which the oracle puts {sa['faithfulness']:.0%} in their label's top class, "
+                f"so a one-hot label is wrong for about {1 - sa['faithfulness']:.0%} of them")
+    def cmp(x, y, what, hi, lo): return f"{hi if x > y else lo} {what} ({x:.2f} vs {y:.2f})"
+    if sa and sb:
+        return (f"{_nm(a)}'s images are {cmp(sa['faithfulness'], sb['faithfulness'], 'faithful', 'more', 'less')} and "
+                f"{cmp(sa['diversity'], sb['diversity'], 'diverse', 'more', 'less')} than {_nm(b)}'s")
+    s, other = (sa, a) if sa else (sb, b) if sb else (None, None)
+    if s is None: return f"neither {_nm(a)} nor {_nm(b)} adds synthetic images"
+    ref = f" (real training images: {real['faithfulness']:.0%}, diversity {real['diversity']:.2f})" if real else ''
+    return f"{_nm(other)}'s images are {s['faithfulness']:.0%} faithful with diversity {s['diversity']:.2f}{ref}"
+
+def _sweep_claim(st: dict, method: str='diff-mix') -> tuple[str, str]:
+    from scipy.stats import spearmanr
+    rows = sorted([r for r in (st.get('sweep') or []) if r['method'] == method], key=lambda r: r['strength'])
+    if len(rows) < 3: return 'unresolved', 'no strength sweep in this study'
+    s = [r['strength'] for r in rows]; f = [r['faithfulness'] for r in rows]; d = [r['diversity'] for r in rows]
+    rf, rd = float(spearmanr(s, f)[0]), float(spearmanr(s, d)[0])
+    v = 'holds' if rf >= 0.7 and rd <= -0.7 else 'refuted' if rf <= -0.7 and rd >= 0.7 else 'unresolved'
+    return v, (f"as the strength grows from {s[0]} to {s[-1]}, {_nm(method)}'s faithfulness goes {f[0]:.2f} -> {f[-1]:.2f} "
+               f"(Spearman {rf:+.2f}) and its diversity {d[0]:.2f} -> {d[-1]:.2f} (Spearman {rd:+.2f})")
+
+def claims_table(study: dict, resample: str='units') -> tuple[str, list[dict]]:
+    "Markdown table (and rows) of the papers' orderings: verdict per setting, the paired differences and why."
+    rows = []
+    for cl in CLAIMS:
+        for s in cl['settings']:
+            if s not in study['settings']: continue
+            st = study['settings'][s]
+            if cl.get('sweep'):
+                v, why = _sweep_claim(st)
+                if 'no strength sweep' in why: continue
+                rows.append(dict(claim=cl['claim'], source=cl['source'], setting=s, verdict=v, evidence='strength sweep', why=why)); continue
+            cs = [compare(study, s, a, b, resample=resample) for a, b in cl['pairs']]
+            if any(c is None for c in cs): continue
+            vs = [c['verdict'] for c in cs]
+            v = 'refuted' if 'refuted' in vs else 'holds' if all(x == 'holds' for x in vs) else 'unresolved'
+            ev = '; '.join(f"{_nm(c['a'])} - {_nm(c['b'])} {c['mean']:+.1f} [{c['lo']:+.1f}, {c['hi']:+.1f}]" for c in cs)
+            why = '; '.join(dict.fromkeys(_why_pair(st, a, b) for a, b in cl['pairs']))
+            tail = {'holds': 'the interval excludes zero', 'refuted': 'the interval lies below zero',
+                    'unresolved': 'the interval includes zero'}[v]
+            if v == 'unresolved' and min(c['n'] for c in cs) < MIN_UNITS: tail = f"only {min(c['n'] for c in cs)} paired units, too few for a verdict"
+            elif v == 'unresolved' and any(c['verdict'] == 'refuted' for c in cs): tail = 'one link of the ordering is refuted'
+            rows.append(dict(claim=cl['claim'], source=cl['source'], setting=s, verdict=v, evidence=ev, why=f"{why[0].upper()}{why[1:]}; {tail}."))
+    md = ['| claim (paper) | setting | verdict | paired difference, points [95 % CI] | why |', '|---|---|---|---|---|']
+    md += [f"| {r['claim']} ({r['source']}) | {r['setting']} | **{r['verdict']}** | {r['evidence']} | {r['why']} |" for r in rows]
+    return '\n'.join(md), rows
+
+# %% ../nbs/50_study.ipynb #6c6814bb
+PUBLISHED_5SHOT = dict(
+    source="Diff-II (CVPR 2025), Table 1a: ResNet-50 at 224 px, 5-shot, average of CUB, Aircraft, Pet and Car, mean of 3 trials",
+    accuracy={'original': 54.56, 'mixup': 54.72, 'cutmix': 51.89, 'real-guidance': 54.90, 'real-mix': 53.56,
+              'da-fusion': 58.73, 'diff-aug': 63.04, 'diff-mix': 58.49, 'diff-ii': 64.61})
+
+def ranking_agreement(study: dict, setting: str='5shot', published: dict=PUBLISHED_5SHOT, metric: str='test_acc',
+                      n_boot: int=2000, seed: int=0) -> dict|None:
+    "Spearman correlation of the tiny world's method means with the published ones, and a unit-bootstrap 95 % interval."
+    from scipy.stats import spearmanr
+    if setting not in study['settings']: return None
+    runs = study_runs(study, setting); pub = published['accuracy']
+    ms = [m for m in pub if any(r['method'] == m for r in runs)]
+    if len(ms) < 3: return None
+    units = sorted({(r['split_seed'], r['seed']) for r in runs if r['method'] == ms[0]})
+    val = {(r['method'], r['split_seed'], r['seed']): r[metric] for r in runs}
+    units = [u for u in units if all((m, *u) in val for m in ms)]
+    A = np.array([[val[(m, *u)] for m in ms] for u in units])   # units x methods
+    P = np.array([pub[m] for m in ms])
+    rho = float(spearmanr(A.mean(0), P)[0])
+    rng = np.random.default_rng(seed)
+    boots = [spearmanr(A[rng.integers(0, len(A), len(A))].mean(0), P)[0] for _ in range(n_boot)]
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    return dict(rho=rho, lo=float(lo), hi=float(hi), methods=ms, units=len(units), tiny={m: float(a) for m, a in zip(ms, A.mean(0))},
+                published={m: pub[m] for m in ms}, source=published['source'])
+
+# %% ../nbs/50_study.ipynb #b301ee75
 def study_table(study: dict, metric: str='test_acc', digits: int=1) -> str:
-    "Markdown table: methods x settings, mean ± std (over seeds) of `metric` (accuracies are in %)."
+    "Markdown table: methods x settings, mean ± std over every (split, classifier seed) unit of `metric` (accuracies in %)."
     sets = list(study['settings']); rows = [f"| method | {' | '.join(sets)} |", '|---' * (len(sets) + 1) + '|']
     for m in STUDY_METHODS:
         cells = []
@@ -344,7 +629,7 @@ def study_table(study: dict, metric: str='test_acc', digits: int=1) -> str:
     return '\n'.join(rows)
 
 def plot_study(study: dict, path=None):
-    "Accuracy per method and setting (mean and std over seeds), one panel per setting."
+    "Accuracy per method and setting (mean and std over units), one panel per setting."
     import matplotlib.pyplot as plt
     sets = list(study['settings']); fig, axs = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.4), squeeze=False, sharey=False)
     for ax, s in zip(axs[0], sets):
@@ -358,12 +643,35 @@ def plot_study(study: dict, path=None):
     if path: fig.savefig(path, dpi=100)
     return fig
 
+def plot_forest(study: dict, ref: str='original', metric: str='test_acc', path=None):
+    "Forest plot (seaborn): per setting, each method's paired difference to `ref` (dots: units) and its 95 % bootstrap CI."
+    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
+    sets = [s for s in study['settings'] if any(compare(study, s, m, ref) for m in STUDY_METHODS if m != ref)]
+    fig, axs = plt.subplots(1, max(1, len(sets)), figsize=(3.6 * max(1, len(sets)), 3.8), squeeze=False)
+    ci = lambda v: (lambda c: (c['lo'], c['hi']))(bootstrap_ci(list(v)))   # the same bootstrap as the tables (units, seed 0)
+    for ax, s in zip(axs[0], sets):
+        runs = study_runs(study, s)
+        df = pd.DataFrame([dict(method=m, diff=d) for m in STUDY_METHODS if m != ref for d in paired_differences(runs, m, ref, metric).values()])
+        order = list(dict.fromkeys(df['method']))
+        sns.stripplot(data=df, x='diff', y='method', order=order, color='0.6', size=3, jitter=0.15, ax=ax)
+        sns.pointplot(data=df, x='diff', y='method', order=order, estimator='mean', errorbar=ci, linestyle='none', markers='D',
+                      color='#c44e52', capsize=0.25, markersize=4, linewidth=1.2, ax=ax)
+        ax.axvline(0, color='0.2', lw=0.8, ls='--')
+        ax.set_title(f"{s}: {metric.replace('_', ' ')} - {ref}", fontsize=9); ax.set_xlabel('paired difference (points)', fontsize=8)
+        ax.set_ylabel(''); ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=100)
+    return fig
+
 def plot_tradeoff(study: dict, setting: str='5shot', path=None):
     "Faithfulness vs diversity of each method's synthetic set (left) and of translations over strength (right)."
     import matplotlib.pyplot as plt
     st = study['settings'][setting]; fig, axs = plt.subplots(1, 2, figsize=(7.5, 3.3))
     for m, r in st['synthetic'].items():
         axs[0].scatter(r['diversity'], r['faithfulness'], s=18); axs[0].annotate(m, (r['diversity'], r['faithfulness']), fontsize=6)
+    if st.get('real'):
+        axs[0].scatter(st['real']['diversity'], st['real']['faithfulness'], s=30, marker='*', color='k')
+        axs[0].annotate('real', (st['real']['diversity'], st['real']['faithfulness']), fontsize=6)
     axs[0].set_xlabel('diversity (mean pairwise feature distance)', fontsize=8); axs[0].set_ylabel('faithfulness (oracle agreement)', fontsize=8)
     axs[0].set_title(f'synthetic sets ({setting})', fontsize=9)
     if st.get('sweep'):
@@ -377,20 +685,63 @@ def plot_tradeoff(study: dict, setting: str='5shot', path=None):
     if path: fig.savefig(path, dpi=100)
     return fig
 
-def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/results', images_dir: str|Path='nbs/images') -> dict:
-    "Collect the bench, write `tiny_study.json` + `tiny_study.md` in `report_dir` and the figures in `images_dir`."
-    study = collect_study(out_dir); rd, idir = Path(report_dir), Path(images_dir); rd.mkdir(parents=True, exist_ok=True); idir.mkdir(parents=True, exist_ok=True)
-    save_json(study, rd/'tiny_study.json')
-    md = [f"Created {study['created']}, commit {study['commit']}, {study['machine']}.", '',
-          'Test accuracy (%) at the validation-selected epoch, mean ± std over 3 classifier seeds:', '', study_table(study), '',
-          'Test accuracy (%) at the last epoch:', '', study_table(study, 'test_acc_last')]
-    with atomic_write(rd/'tiny_study.md', 'w') as f: f.write('\n'.join(md) + '\n')
+def half_width_summary(study: dict, ref: str='original') -> dict:
+    "Per setting: the median and largest CI half-width of the differences to `ref`, and the units behind them."
+    out = {}
+    for s in study['settings']:
+        cs = [c for m in STUDY_METHODS if m != ref for c in [compare(study, s, m, ref)] if c]
+        if cs: out[s] = dict(median=float(np.median([c['half_width'] for c in cs])), max=float(max(c['half_width'] for c in cs)),
+                             units=max(c['n'] for c in cs), splits=max(c['splits'] for c in cs), seeds=max(c['seeds'] for c in cs))
+    return out
+
+def study_reading(study: dict, ref: str='original', target: float=1.0) -> str:
+    "A reading of the study computed from its numbers: power, what separates from `ref`, claims, ranking agreement."
+    lines, hw = [], half_width_summary(study, ref)
+    for s, h in hw.items():
+        met = 'meets' if h['median'] <= target else 'misses'
+        lines.append(f"- **{s}**: {h['units']} paired units ({h['splits']} split(s) x {h['seeds']} classifier seed(s)); median CI half-width "
+                     f"{h['median']:.2f} points (largest {h['max']:.2f}), which {met} the {target:.1f}-point target.")
+        cs = [c for m in STUDY_METHODS if m != ref for c in [compare(study, s, m, ref)] if c]
+        up = [f"{c['a']} ({c['mean']:+.1f})" for c in cs if c['lo'] > 0]
+        down = [f"{c['a']} ({c['mean']:+.1f})" for c in cs if c['hi'] < 0]
+        lines.append(f"  Interval above {ref}: {', '.join(up) or 'none'}. Below: {', '.join(down) or 'none'}. "
+                     f"Including zero: {sum(c['lo'] <= 0 <= c['hi'] for c in cs)} of {len(cs)}.")
+    _, rows = claims_table(study)
+    if rows:
+        n = {v: sum(r['verdict'] == v for r in rows) for v in ('holds', 'refuted', 'unresolved')}
+        lines.append(f"- Of {len(rows)} claim rows, {n['holds']} hold, {n['refuted']} are refuted and {n['unresolved']} are unresolved.")
+    ra = ranking_agreement(study)
+    if ra:
+        lines.append(f"- Ranking agreement with the published 5-shot ResNet-50 results over {len(ra['methods'])} methods: Spearman "
+                     f"{ra['rho']:+.2f} (95 % CI [{ra['lo']:+.2f}, {ra['hi']:+.2f}], {ra['units']} units).")
+    if hw and min(h['units'] for h in hw.values()) < MIN_UNITS:
+        lines.append(f"- With fewer than {MIN_UNITS} paired units no comparison gets a verdict: a bootstrap over so few values understates "
+                     "the uncertainty, so the 'above/below' lists above are descriptive only.")
+    if hw and all(h['splits'] == 1 for h in hw.values()):
+        lines.append("- Every interval here comes from one split: it covers classifier seeds only, not the choice of the few training images.")
+    return '\n'.join(lines)
+
+def render_report(study: dict|str|Path, report_dir: str|Path='nbs/results', images_dir: str|Path='nbs/images') -> dict:
+    "Write `tiny_study.md` and the figures (accuracy, forest plot, trade-off) from a study dict or its JSON file."
     import matplotlib.pyplot as plt
-    plt.close(plot_study(study, idir/'study_accuracy.png'))
-    if '5shot' in study['settings'] and study['settings']['5shot']['synthetic']: plt.close(plot_tradeoff(study, '5shot', idir/'study_tradeoff.png'))
+    if not isinstance(study, dict): study = load_json(study)
+    rd, idir = Path(report_dir), Path(images_dir); rd.mkdir(parents=True, exist_ok=True); idir.mkdir(parents=True, exist_ok=True)
+    md = [f"Created {study['created']}, commit {study['commit']}, {study['machine']}.", '',
+          'Test accuracy (%) at the validation-selected epoch, mean ± std over every (split, classifier seed) unit:', '', study_table(study), '',
+          'Paired differences to Original (95 % bootstrap CI over the paired units):', '', differences_table(study)[0], '',
+          'Claims:', '', claims_table(study)[0], '', 'Reading:', '', study_reading(study)]
+    with atomic_write(rd/'tiny_study.md', 'w') as f: f.write('\n'.join(md) + '\n')
+    plt.close(plot_study(study, idir/'study_accuracy.png')); plt.close(plot_forest(study, path=idir/'study_forest.png'))
+    if '5shot' in study['settings'] and study['settings']['5shot'].get('synthetic'): plt.close(plot_tradeoff(study, '5shot', idir/'study_tradeoff.png'))
     return study
 
-# %% ../nbs/50_study.ipynb #19750446
+def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/results', images_dir: str|Path='nbs/images',
+                 design: dict|None=None) -> dict:
+    "Collect the bench into `report_dir/tiny_study.json`, then `render_report` the page's markdown and figures."
+    study = collect_study(out_dir, design=design); save_json(study, Path(report_dir)/'tiny_study.json')
+    return render_report(study, report_dir, images_dir)
+
+# %% ../nbs/50_study.ipynb #a52ec419
 def _cli_demo(args) -> int:
     demo(args.out, shots=args.shots, seed=args.seed, root=args.root, finetune_steps=args.finetune_steps, multiplier=args.multiplier,
          epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
@@ -398,13 +749,26 @@ def _cli_demo(args) -> int:
 
 def _cli_bench(args) -> int:
     if args.preset != 'tiny': raise ValueError(f"--preset {args.preset}: the study runs in the tiny world; GPU runs use the stage commands (see the GPU walkthrough)")
+    if args.from_json:
+        study = render_report(args.from_json, args.report or Path(args.from_json).parent, args.images or Path(args.report or Path(args.from_json).parent)/'images')
+        print(study_table(study)); return 0
+    base = DESIGNS['quick' if args.quick else 'full']
+    design = dict(settings=tuple(args.settings or base['settings']), methods=list(args.methods or base['methods'] or STUDY_METHODS),
+                  split_seeds=tuple(args.split_seeds or base['split_seeds']), seeds=tuple(args.seeds or base['seeds']))
+    if args.estimate:
+        print(f"full design ({len(plan_jobs(**DESIGNS['full']))} jobs) at the job times measured in {args.out}:")
+        print(budget_text(estimate_budget(args.out))); return 0
     if not args.report_only:
-        bench(args.out, settings=args.settings, methods=args.methods, seeds=args.seeds, finetune_steps=args.finetune_steps,
-              multiplier=args.multiplier, epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
+        print(f"{'quick' if args.quick else 'full'} design: {len(plan_jobs(**design))} jobs "
+              f"({len(design['settings'])} setting(s) x {len(design['split_seeds'])} split seeds x {len(design['seeds'])} classifier seeds)")
+        bench(args.out, **design, finetune_steps=args.finetune_steps, multiplier=args.multiplier, epochs=args.epochs,
+              test_limit=args.test_limit, progress=not args.quiet)
         if args.sweep: strength_sweep(args.out)
+        try: print(f"estimate for the full design at these job times:\n{budget_text(estimate_budget(args.out))}")
+        except ValueError: pass
     if args.report:
-        study = write_report(args.out, args.report, args.images or Path(args.report)/'images')
-        print(study_table(study))
+        study = write_report(args.out, args.report, args.images or Path(args.report)/'images', design=design)
+        print(study_table(study)); print(differences_table(study)[0])
     return 0
 
 def cli_register(sub):
@@ -415,11 +779,16 @@ def cli_register(sub):
     p.add_argument('--finetune-steps', type=int); p.add_argument('--multiplier', type=float); p.add_argument('--epochs', type=int)
     p.add_argument('--test-limit', type=int, help='evaluate on a stratified subset of the test set (quick checks only)')
     p.add_argument('--quiet', action='store_true'); p.set_defaults(func=_cli_demo)
-    b = sub.add_parser('bench', help='every method of the study, every setting, several seeds (tiny world)')
+    b = sub.add_parser('bench', help='every method of the study, every setting, split seeds x classifier seeds (tiny world)')
     b.add_argument('--preset', default='tiny'); b.add_argument('--out', default='runs/bench')
-    b.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
-    b.add_argument('--methods', nargs='+', default=None, choices=list(STUDY_METHODS)); b.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    b.add_argument('--quick', action='store_true', help=f"the quick design: {DESIGNS['quick']['settings']}, methods {list(QUICK_METHODS)}, 2 x 2 units")
+    b.add_argument('--settings', nargs='+', default=None, choices=list(SETTINGS))
+    b.add_argument('--methods', nargs='+', default=None, choices=list(STUDY_METHODS))
+    b.add_argument('--split-seeds', nargs='+', type=int, default=None, help='split seeds (default 0 1 2; --quick 0 1)')
+    b.add_argument('--seeds', nargs='+', type=int, default=None, help='classifier seeds (default 0 1 2; --quick 0 1)')
     b.add_argument('--finetune-steps', type=int); b.add_argument('--multiplier', type=float); b.add_argument('--epochs', type=int)
-    b.add_argument('--test-limit', type=int); b.add_argument('--sweep', action='store_true', help='also run the strength sweep (5-shot)')
+    b.add_argument('--test-limit', type=int); b.add_argument('--sweep', action='store_true', help='also run the strength sweep (5-shot, split seed 0)')
+    b.add_argument('--estimate', action='store_true', help="print the full design's time from the job times measured in --out, run nothing")
     b.add_argument('--report', default=None, help='write tiny_study.json/.md here'); b.add_argument('--images', default=None)
+    b.add_argument('--from-json', default=None, help='re-render the report and figures from a committed tiny_study.json')
     b.add_argument('--report-only', action='store_true'); b.add_argument('--quiet', action='store_true'); b.set_defaults(func=_cli_bench)
