@@ -206,7 +206,7 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #0952f188
+# %% ../nbs/50_study.ipynb #89c5ff5c
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
@@ -332,7 +332,7 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
             with open(out/'jobs.jsonl', 'a') as fh: fh.write(json.dumps(row) + '\n')
         left = sum(np.mean(spent[j['kind']]) if j['kind'] in spent else 0 for j in jobs[i + 1:])
         log(f"[{i + 1}/{n}] {jid}: {'%.1f s' % sec if ran else 'done before'} | elapsed {(time.perf_counter() - t_all) / 60:.1f} min"
-            + (f", about {left / 60:.0f} min left" if spent else ''))
+            + (f", about {left / 60:.1f} min left" if spent else ''))
     return done_log
 
 # %% ../nbs/50_study.ipynb #00e1e964
