@@ -742,7 +742,7 @@ def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/resul
     study = collect_study(out_dir, design=design); save_json(study, Path(report_dir)/'tiny_study.json')
     return render_report(study, report_dir, images_dir)
 
-# %% ../nbs/50_study.ipynb #806625ba
+# %% ../nbs/50_study.ipynb #65647c2f
 def _cli_demo(args) -> int:
     demo(args.out, shots=args.shots, seed=args.seed, root=args.root, finetune_steps=args.finetune_steps, multiplier=args.multiplier,
          epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
@@ -760,7 +760,8 @@ def _cli_bench(args) -> int:
         print(f"full design ({len(plan_jobs(**DESIGNS['full']))} jobs) at the job times measured in {args.out}:")
         print(budget_text(estimate_budget(args.out))); return 0
     if not args.report_only:
-        print(f"{'quick' if args.quick else 'full'} design: {len(plan_jobs(**design))} jobs "
+        name = 'quick' if args.quick else 'full' if design == {**DESIGNS['full'], 'methods': list(STUDY_METHODS)} else 'custom'
+        print(f"{name} design: {len(plan_jobs(**design))} jobs "
               f"({len(design['settings'])} setting(s) x {len(design['split_seeds'])} split seeds x {len(design['seeds'])} classifier seeds)")
         bench(args.out, **design, finetune_steps=args.finetune_steps, multiplier=args.multiplier, epochs=args.epochs,
               test_limit=args.test_limit, classifier=TINY_BACKBONES[args.backbone] if args.backbone else None, progress=not args.quiet)
