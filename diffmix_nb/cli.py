@@ -12,7 +12,7 @@ import argparse, importlib, sys, time
 __all__ = ['STAGE_MODULES', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #9dca4e98
-STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'perf']
+STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'gates', 'perf']
 
 def build_parser() -> argparse.ArgumentParser:
     "The `diffmix` argument parser, with the subcommands every stage module registers."
