@@ -425,10 +425,10 @@ def pretrain_tiny_sd(out_dir=TINY_SD,          # final diffusers folder (written
     save_json(dict(config=cfg, vae=vinfo, unet=uinfo), out_dir/'training.json')
     return out_dir
 
-# %% ../nbs/15_tiny.ipynb #06ebce37
+# %% ../nbs/15_tiny.ipynb #d82a77ec
 def train_tiny_ip2p(unet, vae, text_encoder, tokenizer, images: np.ndarray, steps: int=1000, batch_size: int=64,
                     lr: float=5e-4, text_dropout: float=0.1, image_dropout: float=0.1, ema_decay: float=0.999,
-                    seed: int=0, work_dir=None, resolution: int=32, **kw):
+                    seed: int=0, work_dir=None, resolution: int=32, layout: str='pad', **kw):
     "Train the 8-channel UNet on (image, instruction, edited image) triples from `apply_edit`."
     from diffusers import DDPMScheduler
     noise_sched = DDPMScheduler(**{k: v for k, v in TINY_SCHEDULER.items() if k not in ('set_alpha_to_one', 'steps_offset')})
@@ -436,7 +436,7 @@ def train_tiny_ip2p(unet, vae, text_encoder, tokenizer, images: np.ndarray, step
     emb = encode_prompts(text_encoder, tokenizer, texts)
     vae.requires_grad_(False); sf = vae.config.scaling_factor; n = len(EDIT_PROMPTS)
     def loss_fn(step, g):
-        x = to_model_images(images[torch.randint(len(images), (batch_size,), generator=g).numpy()], resolution)
+        x = to_model_images(images[torch.randint(len(images), (batch_size,), generator=g).numpy()], resolution, layout)
         y, k = _edit_batch(x, g)
         with torch.no_grad():
             cond = vae.encode(x).latent_dist.mode()
@@ -455,7 +455,9 @@ def pretrain_tiny_ip2p(out_dir=TINY_IP2P,  # final diffusers folder (written ato
                        steps: int=1500, batch_size: int=32, seed: int=0, lr: float=1e-3,
                        text_dropout: float=0.1, image_dropout: float=0.1, ema_decay: float=0.995,
                        work_dir=None, checkpoint_every: int=250, half: bool=True, resolution: int=32,
-                       data_root=None, progress: bool=True) -> Path:
+                       data_root=None, progress: bool=True,
+                       layout: str='pad', # `resize` for a v2 base (the layout it was pretrained on)
+                      ) -> Path:
     "Pretrain the tiny InstructPix2Pix from the tiny SD on the nine DiffuseMix edits; resumable."
     out_dir = Path(out_dir); work_dir = Path(work_dir or out_dir.with_name(out_dir.name + '.work'))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -466,10 +468,10 @@ def pretrain_tiny_ip2p(out_dir=TINY_IP2P,  # final diffusers folder (written ato
     parts['unet'], info = train_tiny_ip2p(parts['unet'], parts['vae'], parts['text_encoder'], parts['tokenizer'], X,
                                           steps, batch_size, lr, text_dropout, image_dropout, ema_decay, seed=seed,
                                           work_dir=work_dir, resolution=resolution, checkpoint_every=checkpoint_every,
-                                          progress=progress)
+                                          progress=progress, layout=layout)
     save_tiny_ip2p(out_dir, parts, half=half)
     cfg = dict(base=str(base), steps=steps, batch_size=batch_size, seed=seed, lr=lr, text_dropout=text_dropout,
-               image_dropout=image_dropout, ema_decay=ema_decay, resolution=resolution, prompts=list(EDIT_PROMPTS),
+               image_dropout=image_dropout, ema_decay=ema_decay, resolution=resolution, layout=layout, prompts=list(EDIT_PROMPTS),
                data='Fashion-MNIST train (60 000) through apply_edit', torch=torch.__version__)
     save_json(dict(config=cfg, ip2p=info), out_dir/'training.json')
     return out_dir
