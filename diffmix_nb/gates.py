@@ -150,12 +150,12 @@ def format_gates(res: dict, baseline: dict|None=None) -> str:
     lines.append(f"all gates pass: {all(P.values())}   ({res['seconds']:.0f} s)")
     return '\n'.join(lines)
 
-# %% ../nbs/16_gates.ipynb #7cd2c915
+# %% ../nbs/16_gates.ipynb #10fdf4f6
 def _cli_gates(args) -> int:
     res = run_gates(args.model, args.split_seeds, args.out, args.n_base, args.n, args.n_aug, args.finetune_steps,
                     out=args.json or Path(args.out)/'gates.json', progress=not args.quiet)
     print(format_gates(res, load_json(args.baseline) if args.baseline else None))
-    return 0 if all(res['pass'].values()) or not args.strict else 3
+    return 0 if all(res['pass'].values()) or not args.strict else 1
 
 def cli_register(sub):
     "Add `diffmix gates`."
@@ -169,6 +169,6 @@ def cli_register(sub):
     p.add_argument('--n', type=int, default=10, help='Diff-Gen samples per class')
     p.add_argument('--n-aug', type=int, default=2, help='Real-Guidance variants per training image')
     p.add_argument('--finetune-steps', type=int, default=None, help="default: the tiny preset's")
-    p.add_argument('--strict', action='store_true', help='exit with status 3 when a gate fails')
+    p.add_argument('--strict', action='store_true', help='exit with status 1 when a gate fails')
     p.add_argument('--quiet', action='store_true'); p.add_argument('--debug', action='store_true')
     p.set_defaults(func=_cli_gates)
