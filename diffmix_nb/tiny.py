@@ -530,8 +530,8 @@ def encode_dataset(vae, images: np.ndarray, labels: np.ndarray, flip: bool=True,
             mean.append(d.mean.half()); std.append(d.std.half())
     return dict(mean=torch.cat(mean), std=torch.cat(std), labels=torch.as_tensor(np.concatenate([labels] * len(arrs))))
 
-# %% ../nbs/15_tiny.ipynb #f5963824
-V2_DEFAULTS = dict(vae_steps=1200, unet_steps=40000, batch_size=32, seed=0, lr_vae=1e-3, lr_unet=5e-4, kl_weight=1e-5,
+# %% ../nbs/15_tiny.ipynb #ea7e62d5
+V2_DEFAULTS = dict(vae_steps=3000, unet_steps=40000, batch_size=32, seed=0, lr_vae=1e-3, lr_unet=5e-4, kl_weight=1e-5,
                    cond_dropout=0.1, ema_decay=0.9995, warmup=500, layout='resize', flip=True)
 
 def _v2_parts(work_dir, seed: int=0) -> dict:
