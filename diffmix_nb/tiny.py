@@ -147,7 +147,7 @@ def load_pipeline(path_or_id=TINY_SD, # local diffusers folder or hub id
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
-# %% ../nbs/15_tiny.ipynb #d79568ff
+# %% ../nbs/15_tiny.ipynb #32af1cf8
 def widen_conv_in(unet, in_channels: int=8):
     "A copy of `unet` whose `conv_in` takes `in_channels`; the extra input channels start at zero (InstructPix2Pix init)."
     from diffusers import UNet2DConditionModel
@@ -169,7 +169,7 @@ def build_tiny_ip2p(resolution: int=32, # image side in pixels
     else:
         p = load_pipeline(base, device='cpu')
         parts = dict(unet=p.unet, vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, scheduler=p.scheduler)
-    parts['unet'] = widen_conv_in(parts['unet'], 8)
+    parts['unet'] = widen_conv_in(parts['unet'], 2 * parts['unet'].config.in_channels)   # noisy + source latents
     return parts
 
 def save_tiny_ip2p(path, parts: dict=None, half: bool=False, **kw) -> Path:
@@ -494,11 +494,11 @@ def sample_grid(pipe_or_path=TINY_SD,       # a loaded SD pipeline or a folder /
               num_inference_steps=num_inference_steps, generator=g).images
     return image_grid(ims, n, scale)
 
-# %% ../nbs/15_tiny.ipynb #56628fad
+# %% ../nbs/15_tiny.ipynb #ac20b558
 TINY_VAE_V2 = dict(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',)*3,
                    up_block_types=('UpDecoderBlock2D',)*3, block_out_channels=(32, 64, 64), layers_per_block=1,
-                   latent_channels=4, norm_num_groups=16, sample_size=32, mid_block_add_attention=False)
-TINY_UNET_V2 = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128), layers_per_block=1,
+                   latent_channels=8, norm_num_groups=16, sample_size=32, mid_block_add_attention=False)
+TINY_UNET_V2 = dict(sample_size=8, in_channels=8, out_channels=8, block_out_channels=(64, 128, 128), layers_per_block=1,
                     down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D'),
                     up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'),
                     cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
