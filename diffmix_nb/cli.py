@@ -11,8 +11,8 @@ import argparse, importlib, os, sys, time
 # %% auto #0
 __all__ = ['STAGE_MODULES', 'build_parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #a9e3b309
-STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'perf', 'smoke']
+# %% ../nbs/90_cli.ipynb #4f6ffb07
+STAGE_MODULES = ['data', 'concepts', 'generate', 'diffii', 'diffusemix', 'classify', 'study', 'gates', 'perf', 'smoke']
 
 def build_parser() -> argparse.ArgumentParser:
     "The `diffmix` argument parser, with the subcommands every stage module registers."
