@@ -726,7 +726,7 @@ def load_groups(path, column: str='group', id_column: str='id') -> dict[str, str
             raise ValueError(f"{path}: needs columns {id_column!r} and {column!r}, has {rd.fieldnames}")
         return {r[id_column]: r[column] for r in rd}
 
-# %% ../nbs/40_classify.ipynb #79a55155
+# %% ../nbs/40_classify.ipynb #c6769012
 class NonFiniteLossError(RuntimeError): "The training loss became NaN or infinite."
 
 class EpochSampler(Sampler):
@@ -856,7 +856,7 @@ def _resume_state(out: Path, E: int) -> tuple[dict|None, dict|None, Path|None]:
             break
     return ck, best, path
 
-CHECKPOINT_SECONDS = 60.0   # write last / best at most this often (and at the end, at stop_after and on a bad loss)
+CHECKPOINT_SECONDS = 300.0   # write last / best at most this often (and at the end, at stop_after and on a bad loss)
 
 def _snapshot(o):
     "A CPU copy of a (nested) state dict, so training can go on while the copy waits to be written."
