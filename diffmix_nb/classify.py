@@ -27,18 +27,19 @@ from .data import Split, Item, guard_trainable, load_image, BadImageError, TestS
 # %% auto #0
 __all__ = ['NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'PACKAGED_WEIGHTS', 'LR_TABLE', 'LONGTAIL_LR',
            'SWAG_VIT', 'BATCH_TABLE', 'MANIFEST_KEYS', 'MODES', 'CLASSIFIER_DEFAULTS', 'RECIPES', 'LONGTAIL_FULL_SCALE',
-           'SELECTIONS', 'LOSSES', 'CHECKPOINT_SECONDS', 'SUMMARY_METRICS', 'read_state_dict', 'load_backbone_weights',
-           'save_backbone', 'build_backbone', 'resize_for', 'default_padding', 'train_transform', 'test_transform',
-           'denormalize', 'user_cache_dir', 'map_keys_by_order', 'efficientnet_lite0_weights', 'packaged_weights',
-           'dataset_key', 'backbone_key', 'default_lr', 'torchvision_vit_to_timm', 'default_batch_size',
-           'weights_source', 'ManifestRows', 'read_manifest', 'check_manifest_split', 'soft_target', 'default_p',
-           'SyntheticMixDataset', 'manifest_methods', 'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy',
-           'cutmix', 'mixup', 'cmo_paste', 'class_balanced_weights', 'drw_start_epoch', 'cmo_window',
-           'classifier_config', 'lr_at', 'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError',
-           'EpochSampler', 'predict', 'train_classifier', 'load_classifier', 'classify_images', 'summarize',
-           'run_seeds', 'results_table', 'plot_curves', 'loader_throughput', 'cli_register', 'cli_train', 'main']
+           'SELECTIONS', 'LOSSES', 'CKPT_META', 'CHECKPOINT_SECONDS', 'SUMMARY_METRICS', 'read_state_dict',
+           'load_backbone_weights', 'save_backbone', 'build_backbone', 'resize_for', 'default_padding',
+           'train_transform', 'test_transform', 'denormalize', 'user_cache_dir', 'map_keys_by_order',
+           'efficientnet_lite0_weights', 'packaged_weights', 'dataset_key', 'backbone_key', 'default_lr',
+           'torchvision_vit_to_timm', 'default_batch_size', 'weights_source', 'ManifestRows', 'read_manifest',
+           'check_manifest_split', 'soft_target', 'default_p', 'SyntheticMixDataset', 'manifest_methods',
+           'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup', 'cmo_paste',
+           'class_balanced_weights', 'drw_start_epoch', 'cmo_window', 'classifier_config', 'lr_at', 'ItemsDataset',
+           'accuracy_report', 'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict', 'train_classifier',
+           'load_classifier', 'classify_images', 'summarize', 'run_seeds', 'results_table', 'plot_curves',
+           'loader_throughput', 'cli_register', 'cli_train', 'main']
 
-# %% ../nbs/40_classify.ipynb #ba88dc59
+# %% ../nbs/40_classify.ipynb #1705a297
 def _strip_prefixes(sd: dict) -> dict:
     for pre in ('module.', '_orig_mod.', 'model.'):
         if sd and all(k.startswith(pre) for k in sd): sd = {k[len(pre):]: v for k, v in sd.items()}
@@ -48,7 +49,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     "Tensors of a checkpoint file (`.safetensors`, `.pth`, `.pt`, `.bin`) or of a folder holding one (sharded safetensors merge)."
     path = Path(path)
     if path.is_dir():
-        files = [path/n for n in ('model.safetensors', 'pytorch_model.bin', 'model.pth', 'best.pt') if (path/n).exists()]
+        files = [path/n for n in ('model.safetensors', 'pytorch_model.bin', 'model.pth', 'best.safetensors', 'best.pt') if (path/n).exists()]
         files = files[:1] or sorted(path.glob('*.safetensors')) or sorted(path.glob('*.pth')) + sorted(path.glob('*.pt')) + sorted(path.glob('*.bin'))
         if not files: raise FileNotFoundError(f"{path}: no weights found (expected model.safetensors, pytorch_model.bin or a *.pth/*.pt file)")
         if len(files) > 1 and not all(f.suffix == '.safetensors' for f in files):
@@ -725,7 +726,7 @@ def load_groups(path, column: str='group', id_column: str='id') -> dict[str, str
             raise ValueError(f"{path}: needs columns {id_column!r} and {column!r}, has {rd.fieldnames}")
         return {r[id_column]: r[column] for r in rd}
 
-# %% ../nbs/40_classify.ipynb #b2ba80e8
+# %% ../nbs/40_classify.ipynb #c6769012
 class NonFiniteLossError(RuntimeError): "The training loss became NaN or infinite."
 
 class EpochSampler(Sampler):
@@ -778,10 +779,84 @@ def _clean(o):
     if isinstance(o, (np.floating,)): return _clean(float(o))
     return o
 
-def _save_ckpt(obj, path):
-    with atomic_write(path) as f: torch.save(obj, f)
+CKPT_META = 'diffmix_nb'   # the safetensors metadata key that holds a checkpoint's JSON state
 
-CHECKPOINT_SECONDS = 60.0   # write last.pt / best.pt at most this often (and at the end, at stop_after and on a bad loss)
+def _encode(o, name: str, tensors: dict):
+    "JSON form of a nested state: every tensor moves to `tensors[name]` (leaving `{'__tensor__': name}`); int-keyed dicts are marked."
+    if isinstance(o, torch.Tensor): tensors[name] = o.detach().cpu().contiguous(); return {'__tensor__': name}
+    if isinstance(o, dict):
+        enc = {str(k): _encode(v, f'{name}.{k}', tensors) for k, v in o.items()}
+        return enc if all(isinstance(k, str) for k in o) else {'__int_keys__': enc}
+    if isinstance(o, (list, tuple)): return [_encode(v, f'{name}.{i}', tensors) for i, v in enumerate(o)]
+    if isinstance(o, np.integer): return int(o)
+    if isinstance(o, np.floating): return float(o)
+    return o
+
+def _decode(o, tensors: dict):
+    "Inverse of `_encode`."
+    if isinstance(o, dict):
+        if '__tensor__' in o: return tensors[o['__tensor__']]
+        if '__int_keys__' in o: return {int(k): _decode(v, tensors) for k, v in o['__int_keys__'].items()}
+        return {k: _decode(v, tensors) for k, v in o.items()}
+    if isinstance(o, list): return [_decode(v, tensors) for v in o]
+    return o
+
+def _optim_path(path) -> Path: return Path(path).with_suffix('.optim.safetensors')
+
+def _save_ckpt(obj: dict, path):
+    "Write checkpoint `obj` as safetensors: the weights under their own names in `path`, the rest as its JSON metadata, optimizer tensors beside it."
+    from safetensors.torch import save
+    path = Path(path); meta = {k: v for k, v in obj.items() if k != 'model'}
+    tag = json.dumps(dict(epoch=obj.get('epoch'), run_key=obj.get('run_key')))
+    if meta.get('optimizer') is not None:   # written first: `path` is the commit point
+        t = {}; meta['optimizer'] = _encode(meta['optimizer'], 'optimizer', t)
+        with atomic_write(_optim_path(path)) as f: f.write(save(t, metadata={CKPT_META: tag}))
+    else: _optim_path(path).unlink(missing_ok=True)
+    t = {}; meta = _encode(meta, 'state', t)
+    if t: raise ValueError(f"{path}: checkpoint state {sorted(t)[:3]} holds tensors outside the model and optimizer")
+    with atomic_write(path) as f:
+        f.write(save({k: v.detach().cpu().contiguous() for k, v in obj['model'].items()}, metadata={CKPT_META: json.dumps(meta)}))
+
+def _load_ckpt(path) -> dict:
+    "A checkpoint written by `_save_ckpt` (`model`, the JSON state and the `optimizer` when kept), read without unpickling anything."
+    from safetensors import safe_open
+    path = Path(path)
+    with safe_open(str(path), 'pt') as f:
+        meta = json.loads((f.metadata() or {}).get(CKPT_META, '{}')); model = {k: f.get_tensor(k) for k in f.keys()}
+    ck = dict(_decode({k: v for k, v in meta.items() if k != 'optimizer'}, {}), model=model, optimizer=None)
+    if meta.get('optimizer') is not None:
+        op = _optim_path(path)
+        if not op.exists(): raise FileNotFoundError(f"{op} is missing (the optimizer state of {path.name})")
+        with safe_open(str(op), 'pt') as f:
+            tag = json.loads((f.metadata() or {}).get(CKPT_META, '{}')); t = {k: f.get_tensor(k) for k in f.keys()}
+        if (tag.get('epoch'), tag.get('run_key')) != (meta.get('epoch'), meta.get('run_key')):
+            raise ValueError(f"{op} is of epoch {tag.get('epoch')}, {path.name} of epoch {meta.get('epoch')} (interrupted while writing)")
+        ck['optimizer'] = _decode(meta['optimizer'], t)
+    return ck
+
+def _resume_state(out: Path, E: int) -> tuple[dict|None, dict|None, Path|None]:
+    "The `last` checkpoint to resume from (None: start at epoch 0), the `best` weights, the file read; old `last.pt` files load weights-only."
+    new, old = out/'last.safetensors', out/'last.pt'
+    path = new if new.exists() else old if old.exists() else None
+    if path is None: return None, None, None
+    try:
+        ck = _load_ckpt(path) if path == new else torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(ck, dict) or 'model' not in ck or 'epoch' not in ck: raise ValueError('not a train_classifier checkpoint')
+    except Exception as e:
+        warnings.warn(f"{path}: cannot resume from it ({type(e).__name__}: {e}); training starts again from epoch 0 "
+                      f"and overwrites it", stacklevel=3)
+        return None, None, None
+    if path == old: warnings.warn(f"{old}: an old-format checkpoint, read weights-only; new checkpoints are written as "
+                                  f"{new.name} / best.safetensors (the .pt files can be deleted)", stacklevel=3)
+    best = None
+    for b in (out/'best.safetensors', out/'best.pt'):
+        if b.exists():
+            try: best = _load_ckpt(b)['model'] if b.suffix == '.safetensors' else torch.load(b, map_location='cpu', weights_only=True)['model']
+            except Exception as e: warnings.warn(f"{b}: unreadable ({type(e).__name__}: {e}); the best weights are taken from the resumed run", stacklevel=3)
+            break
+    return ck, best, path
+
+CHECKPOINT_SECONDS = 300.0   # write last / best at most this often (and at the end, at stop_after and on a bad loss)
 
 def _snapshot(o):
     "A CPU copy of a (nested) state dict, so training can go on while the copy waits to be written."
@@ -791,10 +866,10 @@ def _snapshot(o):
     return copy.deepcopy(o)
 
 def _flush_ckpt(ckp: dict, out):
-    "Write the pending best / last snapshots (best first, so best.pt never lags last.pt)."
+    "Write the pending best / last snapshots (best first, so `best` never lags `last`)."
     if out is None: return
-    if ckp.get('best') is not None: _save_ckpt(ckp['best'], out/'best.pt'); ckp['best'] = None
-    if ckp.get('last') is not None: _save_ckpt(ckp['last'], out/'last.pt'); ckp['last'] = None
+    if ckp.get('best') is not None: _save_ckpt(ckp['best'], out/'best.safetensors'); ckp['best'] = None
+    if ckp.get('last') is not None: _save_ckpt(ckp['last'], out/'last.safetensors'); ckp['last'] = None
     ckp['t'] = time.time()
 
 @torch.inference_mode()
@@ -884,16 +959,19 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
     test_each = cfg['selection'] == 'oracle-test' or cfg['test_every_epoch']
     curves = dict(epoch=[], lr=[], train_loss=[], train_acc=[], val_acc=[], val_loss=[], test_acc=[], seconds=[])
     best, best_state, start, seen = None, None, 0, 0
-    if out is not None and (out/'last.pt').exists():
-        ck = torch.load(out/'last.pt', map_location='cpu', weights_only=True)
+    ck, ck_best, ck_path = _resume_state(out, E) if out is not None else (None, None, None)
+    if ck is not None:
         if ck.get('run_key') != key:
-            raise RuntimeError(f"{out/'last.pt'} is a checkpoint of another configuration (run key {ck.get('run_key')} != {key}); "
+            raise RuntimeError(f"{ck_path} is a checkpoint of another configuration (run key {ck.get('run_key')} != {key}); "
                                f"use another --out folder or delete it")
-        raw.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer'])
+        if ck.get('optimizer') is None and ck['epoch'] + 1 < E:
+            raise RuntimeError(f"{ck_path} keeps no optimizer state but the run is not finished (epoch {ck['epoch']} of {E}); delete it to start again")
+        raw.load_state_dict(ck['model'])
+        if ck.get('optimizer') is not None: opt.load_state_dict(ck['optimizer'])
         if ck.get('scaler') and acc_.scaler is not None: acc_.scaler.load_state_dict(ck['scaler'])
         curves, best, start, seen = ck['curves'], ck['best'], ck['epoch'] + 1, ck.get('seen', 0)
-        if (out/'best.pt').exists(): best_state = torch.load(out/'best.pt', map_location='cpu', weights_only=True)['model']
-        if main and start < E: print(f"{out}: resuming from epoch {start} of {E} (checkpoint {out/'last.pt'})", file=sys.stderr)
+        best_state = ck_best if ck_best is not None else ({k: v.clone() for k, v in ck['model'].items()} if best and best['epoch'] == ck['epoch'] else None)
+        if main and start < E: print(f"{out}: resuming from epoch {start} of {E} (checkpoint {ck_path})", file=sys.stderr)
     t_train = 0.0
     from tqdm import tqdm
     bar = tqdm(range(start, E), total=E, initial=start, disable=not (progress and main), desc=f"train seed {seed}",
@@ -927,7 +1005,7 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
             bad = acc_.reduce((~torch.isfinite(loss.detach())).float().reshape(1), 'sum')
             if float(bad) > 0:
                 _flush_ckpt(ckp, out)
-                last = out/'last.pt' if out is not None and (out/'last.pt').exists() else None
+                last = out/'last.safetensors' if out is not None and (out/'last.safetensors').exists() else None
                 msg = (f"training loss became {float(loss.detach()):.4g} at epoch {epoch} step {step} (lr {lr:.4g}); stopped. "
                        + (f"The last good checkpoint {last} (epoch {epoch - 1}) is kept; " if last else "No checkpoint was kept (no out_dir or first epoch); ")
                        + "lower the learning rate or check the inputs, then run again (it resumes from the checkpoint)")
@@ -951,9 +1029,11 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
             best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         if out is not None and main:   # an in-memory snapshot every epoch; written every CHECKPOINT_SECONDS, at the end and on errors
             if improved: ckp['best'] = dict(model=best_state, epoch=epoch, run_key=key)
-            ckp['last'] = _snapshot(dict(model=raw.state_dict(), optimizer=opt.state_dict(), scaler=acc_.scaler.state_dict() if acc_.scaler else None,
+            final = epoch == E - 1   # a finished run never steps again: its last checkpoint keeps the weights only
+            ckp['last'] = _snapshot(dict(model=raw.state_dict(), optimizer=None if final else opt.state_dict(),
+                                         scaler=acc_.scaler.state_dict() if acc_.scaler and not final else None,
                                          epoch=epoch, curves=curves, best=best, seen=seen, run_key=key))
-            if epoch == E - 1 or (stop_after is not None and epoch + 1 >= stop_after) or time.time() - ckp['t'] >= CHECKPOINT_SECONDS:
+            if final or (stop_after is not None and epoch + 1 >= stop_after) or time.time() - ckp['t'] >= CHECKPOINT_SECONDS:
                 _flush_ckpt(ckp, out)
         acc_.wait_for_everyone()
         bar.set_postfix(loss=f"{curves['train_loss'][-1]:.3f}", val=f"{vacc:.1f}")
@@ -1000,7 +1080,7 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
     acc_.wait_for_everyone()
     return res
 
-# %% ../nbs/40_classify.ipynb #32e1c68a
+# %% ../nbs/40_classify.ipynb #2e2cc46b
 def load_classifier(run_dir: str|Path, # a `train_classifier` out_dir with results.json
                     which: str='selected', # `selected`, `best` or `last`
                     device: str|torch.device='cpu') -> tuple[nn.Module, Callable, dict]:
@@ -1012,7 +1092,9 @@ def load_classifier(run_dir: str|Path, # a `train_classifier` out_dir with resul
     if res['selection'] == 'oracle-test' and which == 'last':
         warnings.warn(f"{run_dir}: oracle-test selection keeps no weights of its selected epoch; loading the last epoch")
     model = build_backbone(cfg['backbone'], res['num_classes'], stem=cfg['stem'])
-    model.load_state_dict(read_state_dict(run_dir/f'{which}.pt')); model.eval().to(device)
+    f = run_dir/f'{which}.safetensors'
+    if not f.exists() and (run_dir/f'{which}.pt').exists(): f = run_dir/f'{which}.pt'   # an old-format run folder (read weights-only)
+    model.load_state_dict(read_state_dict(f)); model.eval().to(device)
     return model, test_transform(cfg['img_size']), res
 
 @torch.inference_mode()

@@ -970,7 +970,7 @@ class Split:
                     train_per_class=dict(min=min(self.counts()), max=max(self.counts())), skipped=len(self.skipped),
                     notes=list(self.notes), path=self.path, hash=self.hash)
 
-# %% ../nbs/10_data.ipynb #ec19a9f8
+# %% ../nbs/10_data.ipynb #dd31e9e0
 def default_split_path(dataset: str, root: str|None=None, shots: int|None=None, imbalance: float|None=None, seed: int=0,
                        val_per_class: int|None=None, options: dict|None=None, base='data/splits') -> Path:
     "`data/splits/{dataset}-{Kshot|ltIF|full}-seed{S}.json`, with a root slug for folder/hf data and an options hash."
@@ -1004,13 +1004,13 @@ def _add_split_args(p: argparse.ArgumentParser):
     p.add_argument('--allow-fewer', action='store_true', help='a class with fewer than shots + validation images is kept instead of '
                    'failing: training takes up to --shots of its images first, validation the rest (the summary says which classes)')
     p.add_argument('--no-check', action='store_true', help='do not decode every image first (bad files then fail at first read)')
-    p.add_argument('--out', help='split file to write (default data/splits/...)')
+    p.add_argument('--out', help='split file to write (split: default data/splits/...; summary: written only when given)')
     p.add_argument('--force', action='store_true', help='overwrite an existing split file that has different content')
     p.add_argument('--json', action='store_true', help='print JSON instead of text')
     p.add_argument('--preset', default=argparse.SUPPRESS, help="preset whose dataset is the default (tiny, sd15 or a .json)")
 
-def split_from_args(args) -> tuple[DatasetSpec, Split]:
-    "Load the dataset, draw the split and write the split file as the `data` CLI options say."
+def split_from_args(args, write: bool=True) -> tuple[DatasetSpec, Split]:
+    "Load the dataset, draw the split and (if `write` or `--out`) write the split file as the `data` CLI options say."
     dataset = args.dataset or get_preset(getattr(args, 'preset', None) or 'tiny')['dataset']
     options = dict(args.option or [])
     spec = load_dataset_spec(dataset, args.root, **options)
@@ -1018,6 +1018,7 @@ def split_from_args(args) -> tuple[DatasetSpec, Split]:
                        allow_fewer=args.allow_fewer, check=not args.no_check)
     out = Path(args.out) if args.out else default_split_path(dataset, spec.root, args.shots, args.imbalance, args.seed,
                                                              args.val_per_class, options)
+    if not (write or args.out): return spec, split
     if out.exists() and not args.force:
         try: old = load_json(out).get('hash')
         except (ValueError, FileNotFoundError): old = None
@@ -1055,7 +1056,7 @@ def format_report(r: dict, max_skipped: int=10) -> str:
         lines += [f"  {k.get('source')}: {k.get('reason')}" for k in r['skipped'][:max_skipped]]
         if len(r['skipped']) > max_skipped: lines.append(f"  ... and {len(r['skipped']) - max_skipped} more (see --json)")
     lines += [f"note     {n}" for n in r.get('notes') or []]
-    lines.append(f"split file  {r['path']}  hash {r['hash']}")
+    lines.append(f"split file  {r['path'] or '(not written: pass --out FILE, or run diffmix data split)'}  hash {r['hash']}")
     return '\n'.join(lines)
 
 _CLI_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, BadImageError, SplitMismatchError, ImportError)
@@ -1065,8 +1066,8 @@ def _cli_error(cmd: str, e: Exception) -> int:
     print(f"diffmix data {cmd}: error: {msg}", file=sys.stderr); return 1
 
 def cmd_data_summary(args) -> int:
-    "`diffmix data summary`: print classes, counts per split, subset sizes, skipped files; write the split file."
-    try: spec, split = split_from_args(args)
+    "`diffmix data summary`: print classes, counts per split, subset sizes, skipped files; writes the split file only with `--out`."
+    try: spec, split = split_from_args(args, write=False)
     except _CLI_ERRORS as e: return _cli_error('summary', e)
     r = split_report(spec, split)
     print(json.dumps(r, indent=1, ensure_ascii=False) if args.json else format_report(r))
@@ -1089,7 +1090,7 @@ def cli_register(sub) -> argparse.ArgumentParser:
                        description='Read a dataset in its official layout, draw the K-shot / long-tail / full split once and write the split file.')
     dsub = p.add_subparsers(dest='data_command', metavar='{summary,split}')
     dsub.required = True
-    q = dsub.add_parser('summary', help='print classes, counts and the split file (and write it)'); _add_split_args(q)
+    q = dsub.add_parser('summary', help='print classes and counts of a split (writes nothing unless --out)'); _add_split_args(q)
     q.set_defaults(func=cmd_data_summary)
     q = dsub.add_parser('split', help='write the split file'); _add_split_args(q); q.set_defaults(func=cmd_data_split)
     return p

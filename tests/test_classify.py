@@ -219,7 +219,7 @@ def test_train_selection_and_results_file(split, tmp_path):
     assert r['val_acc'] == max(r['curves']['val_acc'])
     saved = json.loads((tmp_path/'r'/'results.json').read_text())
     assert saved['run_key'] == r['run_key'] and saved['config']['batch_size'] == 10
-    assert (tmp_path/'r'/'best.pt').exists() and not list((tmp_path/'r').glob('.*tmp'))
+    assert (tmp_path/'r'/'best.safetensors').exists() and not list((tmp_path/'r').glob('.*tmp')) and not list((tmp_path/'r').glob('*.pt'))
     o = train_classifier(split, cfg={**TINY, 'selection': 'oracle-test'}, seed=0, progress=False)
     assert o['protocol'].startswith('oracle-test') and o['test_acc'] == max(o['curves']['test_acc']) == o['test_acc_oracle']
     assert 'oracle-test' in results_table(o)
@@ -233,7 +233,8 @@ def test_resume_matches_uninterrupted_run(split, tmp_path):
     part = train_classifier(split, cfg=cfg, out_dir=tmp_path/'b', seed=1, stop_after=2, progress=False)
     assert part['status'] == 'stopped' and part['epochs_done'] == 2
     res = train_classifier(split, cfg=cfg, out_dir=tmp_path/'b', seed=1, progress=False)
-    a = torch.load(tmp_path/'a'/'last.pt', weights_only=True)['model']; b = torch.load(tmp_path/'b'/'last.pt', weights_only=True)['model']
+    from safetensors.torch import load_file
+    a = load_file(tmp_path/'a'/'last.safetensors'); b = load_file(tmp_path/'b'/'last.safetensors')
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     np.testing.assert_allclose(full['curves']['train_loss'], res['curves']['train_loss'], rtol=1e-4)
     assert full['test_acc'] == res['test_acc']
@@ -250,7 +251,8 @@ def test_nan_loss_stops_and_keeps_checkpoint(split, tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match='last good checkpoint') as e:
         train_classifier(split, cfg=dict(epochs=4, batch_size=10, test_limit=100), out_dir=tmp_path, progress=False)
     assert 'epoch 2' in str(e.value)
-    assert torch.load(tmp_path/'last.pt', weights_only=True)['epoch'] == 1
+    assert classify._load_ckpt(tmp_path/'last.safetensors')['epoch'] == 1
+    assert classify._load_ckpt(tmp_path/'last.safetensors')['optimizer'] is not None   # a run that can go on keeps its optimizer
     assert json.loads((tmp_path/'results.json').read_text())['status'] == 'diverged'
 
 
@@ -341,3 +343,33 @@ def test_accelerate_launch_two_cpu_processes(split, tmp_path):
     r = json.loads((tmp_path/'ddp'/'seed0'/'results.json').read_text())
     assert r['num_processes'] == 2 and r['status'] == 'finished' and r['split']['test'] == 100
     assert len(r['curves']['val_acc']) == 2 and time.time() - t < 120
+
+
+def test_checkpoint_resume_is_bit_identical_and_old_format_resumes(split, tmp_path):
+    "Checkpoints are safetensors + JSON; resuming gives the same weights bit for bit; an old `last.pt` resumes weights-only; a broken one warns."
+    from safetensors.torch import load_file
+    cfg = dict(epochs=3, batch_size=10, test_limit=50)
+    full = train_classifier(split, cfg=cfg, out_dir=tmp_path/'a', seed=2, progress=False)
+    assert sorted(f.name for f in (tmp_path/'a').iterdir()) == ['best.safetensors', 'last.safetensors', 'results.json']
+    train_classifier(split, cfg=cfg, out_dir=tmp_path/'b', seed=2, stop_after=1, progress=False)
+    assert (tmp_path/'b'/'last.optim.safetensors').exists()
+    res = train_classifier(split, cfg=cfg, out_dir=tmp_path/'b', seed=2, progress=False)
+    assert not (tmp_path/'b'/'last.optim.safetensors').exists()          # finished: weights only
+    a, b = load_file(tmp_path/'a'/'last.safetensors'), load_file(tmp_path/'b'/'last.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full['curves']['train_loss'] == res['curves']['train_loss'] and full['test_acc'] == res['test_acc']
+    # an old-format folder: the same stopped run written as last.pt / best.pt (torch.save of plain tensors and numbers)
+    train_classifier(split, cfg=cfg, out_dir=tmp_path/'c', seed=2, stop_after=1, progress=False)
+    ck = classify._load_ckpt(tmp_path/'c'/'last.safetensors'); bk = classify._load_ckpt(tmp_path/'c'/'best.safetensors')
+    torch.save(ck, tmp_path/'c'/'last.pt'); torch.save(bk, tmp_path/'c'/'best.pt')
+    for n in ('last.safetensors', 'last.optim.safetensors', 'best.safetensors'): (tmp_path/'c'/n).unlink()
+    with pytest.warns(UserWarning, match='old-format'):
+        old = train_classifier(split, cfg=cfg, out_dir=tmp_path/'c', seed=2, progress=False)
+    c = load_file(tmp_path/'c'/'last.safetensors')
+    assert all(torch.equal(a[k], c[k]) for k in a) and old['test_acc'] == full['test_acc']
+    assert classify.load_classifier(tmp_path/'c')[2]['run_key'] == full['run_key']
+    # a checkpoint that cannot be read: a clear warning, and the run starts again (no crash)
+    (tmp_path/'d').mkdir(); (tmp_path/'d'/'last.pt').write_bytes(b'not a checkpoint')
+    with pytest.warns(UserWarning, match='cannot resume'):
+        again = train_classifier(split, cfg=cfg, out_dir=tmp_path/'d', seed=2, progress=False)
+    assert again['test_acc'] == full['test_acc']

@@ -246,6 +246,22 @@ def test_cli_summary_text_and_json(fx, tmp_path, capsys):
     assert r['hash'] == sp.hash and r['sizes'] == {'train': 3, 'val': 3, 'test': 6} and r['pool']['test'] == 6
     assert r['classes'][1] == {'label': 1, 'name': 'Ram C/V Cargo Van Minivan 2012', 'superclass': 'car', 'train': 1, 'val': 1, 'test': 2}
 
+def test_cli_summary_only_reads(fx, tmp_path, monkeypatch, capsys):
+    "A summary writes nothing without --out: two datasets (one folder name, two roots) summarise side by side in one cwd."
+    a = make_fixture('folder', tmp_path/'a'/'imgs', n_classes=2, per_class=6)
+    b = make_fixture('folder', tmp_path/'b'/'imgs', n_classes=3, per_class=6)   # same default split path as `a`, other content
+    cwd = tmp_path/'cwd'; cwd.mkdir(); monkeypatch.chdir(cwd)
+    tree = lambda: sorted((str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in tmp_path.rglob('*'))
+    before = tree()
+    for _ in range(2):
+        for root in (a, b, fx['cars']):
+            ds = 'cars' if root == fx['cars'] else 'folder'
+            assert _cli('summary', '--dataset', ds, '--root', root, '--shots', 1, '--val-per-class', 1) == 0, capsys.readouterr().err
+            assert 'not written' in capsys.readouterr().out
+    assert tree() == before and not Path('data').exists()
+    assert _cli('summary', '--dataset', 'folder', '--root', b, '--shots', 1, '--val-per-class', 1, '--out', 's.json', '--json') == 0
+    assert Split.load('s.json').num_classes == 3 and json.loads(capsys.readouterr().out)['path'] == 's.json'   # --out writes
+
 def test_cli_split_default_path_options_and_overwrite_guard(fx, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert _cli('split', '--dataset', 'aircraft', '--root', fx['aircraft'], '--shots', 1) == 0

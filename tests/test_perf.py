@@ -220,7 +220,7 @@ def test_optimize_reaches_every_stage(monkeypatch):
 
 
 def test_classifier_checkpoints_are_batched(monkeypatch, tmp_path):
-    "The training loop writes last.pt/best.pt at most every CHECKPOINT_SECONDS (and at the end), not every epoch; resume still works."
+    "The training loop writes last/best checkpoints at most every CHECKPOINT_SECONDS (and at the end), not every epoch; resume still works."
     from diffmix_nb import classify
     from diffmix_nb.data import load_dataset_spec, make_split
     sp = make_split(load_dataset_spec('fashion_mnist'), shots=2, seed=0, val_per_class=2)
@@ -230,9 +230,9 @@ def test_classifier_checkpoints_are_batched(monkeypatch, tmp_path):
     monkeypatch.setattr(classify, 'CHECKPOINT_SECONDS', 1e9)
     cfg = dict(epochs=4, batch_size=10, test_limit=50)
     part = classify.train_classifier(sp, cfg=cfg, out_dir=tmp_path, stop_after=2, progress=False)
-    assert part['status'] == 'stopped' and [w for w in writes if w[0] == 'last.pt'] == [('last.pt', 1)]
+    assert part['status'] == 'stopped' and [w for w in writes if w[0] == 'last.safetensors'] == [('last.safetensors', 1)]
     res = classify.train_classifier(sp, cfg=cfg, out_dir=tmp_path, progress=False)
-    assert res['status'] == 'finished' and [w for w in writes if w[0] == 'last.pt'] == [('last.pt', 1), ('last.pt', 3)]
+    assert res['status'] == 'finished' and [w for w in writes if w[0] == 'last.safetensors'] == [('last.safetensors', 1), ('last.safetensors', 3)]
     assert classify.train_classifier(sp, cfg=cfg, progress=False)['test_acc'] == res['test_acc']   # same as an uninterrupted run
 
 
