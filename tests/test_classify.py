@@ -20,12 +20,6 @@ from diffmix_nb import data as dm_data
 TINY = dict(epochs=2, batch_size=10, test_limit=200)
 
 
-@pytest.fixture(scope='module')
-def split(tmp_path_factory):
-    sp = make_split(load_dataset_spec('fashion_mnist'), shots=5, seed=0)
-    sp.save(tmp_path_factory.mktemp('split')/'split.json')
-    return sp
-
 
 def write_manifest(folder, split, specs, extra_lines=()):
     "specs: (source item, target label, soft label dict or None); images are flipped real images."

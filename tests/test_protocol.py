@@ -20,12 +20,6 @@ from diffmix_nb.data import load_dataset_spec, make_split, longtail_counts, Spli
 TINY = dict(epochs=1, batch_size=10, test_limit=100)
 
 
-@pytest.fixture(scope='module')
-def split(tmp_path_factory):
-    sp = make_split(load_dataset_spec('fashion_mnist'), shots=5, seed=0)
-    sp.save(tmp_path_factory.mktemp('split')/'split.json')
-    return sp
-
 
 def write_gen(folder, split, method, n_per_class=2, row_method=True):
     "A generation folder: same-class flipped copies of training images, rows tagged with `method` (or only plan.json)."
