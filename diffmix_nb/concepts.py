@@ -537,7 +537,7 @@ def save_concepts(trainer: ConceptTrainer, # a trained (or untrained: steps 0) t
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-# %% ../nbs/20_concepts.ipynb #8c3b5749
+# %% ../nbs/20_concepts.ipynb #8090b260
 class ConceptsError(ValueError): "A pipeline or concepts folder that does not match the learned concepts."
 
 @dataclass
@@ -655,7 +655,7 @@ class Concepts:
 
     def load_pipeline(self, cls=None, device=None, dtype=None):
         "The base model as a vanilla pipeline (default img2img) with these concepts applied and checked."
-        from diffmix_nb.tiny import load_pipeline
+        from diffmix_nb.models import load_pipeline
         pipe = self.apply(load_pipeline(self.base_model, cls, device=device, dtype=dtype))
         self.check(pipe); return pipe
 
@@ -820,7 +820,7 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size; l, t = (w - size) // 2, (h - size) // 2
     return img.crop((l, t, l + size, t + size))
 
-# %% ../nbs/20_concepts.ipynb #b89fd062
+# %% ../nbs/20_concepts.ipynb #dd8ccea6
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                  down_block_types=('CrossAttnDownBlock2D',) * 3 + ('DownBlock2D',), up_block_types=('UpBlock2D',) + ('CrossAttnUpBlock2D',) * 3,
                  cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
@@ -837,7 +837,7 @@ def build_sd15_random(device=None, seed: int=0) -> dict:
     "SD 1.5-sized components (860 M UNet, 84 M VAE, 123 M CLIP text encoder) with random weights, built on `device`."
     from diffusers import UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
-    from diffmix_nb.tiny import clip_tokenizer
+    from diffmix_nb.models import clip_tokenizer
     dev = torch.device(device or default_device())
     with torch.random.fork_rng(devices=[]), torch.device(dev):
         torch.manual_seed(seed)

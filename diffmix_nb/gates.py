@@ -32,12 +32,12 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     tr_cross = torch.linalg.eigvalsh(r1 @ s2 @ r1).clamp_min(0).sqrt().sum()           # tr sqrt(sqrt(s1) s2 sqrt(s1))
     return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_cross)
 
-# %% ../nbs/16_gates.ipynb #ba75f5eb
+# %% ../nbs/16_gates.ipynb #48960eb1
 COARSE = sorted(set(FMNIST_SUPERCLASS.values()))
 GATE_TARGETS = dict(coarse_acc=0.95, colour_offset=0.02, diffgen_agree=0.6, realaug_keep=0.85)
 
 def _load(model):
-    from diffmix_nb.tiny import load_pipeline
+    from diffmix_nb.models import load_pipeline
     return load_pipeline(model, device='cpu') if isinstance(model, (str, Path)) else model
 
 def _rgb01(images) -> torch.Tensor:
@@ -150,7 +150,7 @@ def format_gates(res: dict, baseline: dict|None=None) -> str:
     lines.append(f"all gates pass: {all(P.values())}   ({res['seconds']:.0f} s)")
     return '\n'.join(lines)
 
-# %% ../nbs/16_gates.ipynb #10fdf4f6
+# %% ../nbs/16_gates.ipynb #581336d6
 def _cli_gates(args) -> int:
     res = run_gates(args.model, args.split_seeds, args.out, args.n_base, args.n, args.n_aug, args.finetune_steps,
                     out=args.json or Path(args.out)/'gates.json', progress=not args.quiet)
@@ -170,5 +170,5 @@ def cli_register(sub):
     p.add_argument('--n-aug', type=int, default=2, help='Real-Guidance variants per training image')
     p.add_argument('--finetune-steps', type=int, default=None, help="default: the tiny preset's")
     p.add_argument('--strict', action='store_true', help='exit with status 1 when a gate fails')
-    p.add_argument('--quiet', action='store_true'); p.add_argument('--debug', action='store_true')
+    p.add_argument('--quiet', action='store_true')
     p.set_defaults(func=_cli_gates)

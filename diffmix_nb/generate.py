@@ -507,7 +507,7 @@ def text_to_image(pipe, prompts: list[str], seeds: list[int], num_inference_step
                    output_type='pil').images
     return [im.resize(size, Image.LANCZOS) for im in out] if size else out
 
-# %% ../nbs/30_generate.ipynb #826f4524
+# %% ../nbs/30_generate.ipynb #3f6e4b14
 @dataclass
 class GenContext:
     "What samplers get: split, lazily loaded pipeline, sampling settings and a cache."
@@ -529,7 +529,7 @@ class GenContext:
     def pipe(self):
         "The img2img pipeline of the base model with the concepts applied (loaded once)."
         if self.pipeline is None:
-            from diffmix_nb.tiny import load_pipeline
+            from diffmix_nb.models import load_pipeline
             pipe = load_pipeline(self.base_model, device=self.device, dtype=self.dtype)
             if self.concepts is not None and hasattr(self.concepts, 'apply'): self.concepts.apply(pipe)
             if self.concepts is not None and hasattr(self.concepts, 'check'): self.concepts.check(pipe)
@@ -786,13 +786,13 @@ def clip_filter(manifest,                   # a manifest file (rows with image p
     save_json(dict(model=str(clip_model_name_or_path), drop=drop, dropped=sorted(dropped), scores=scores), out.parent/'clip_scores.json')
     return out
 
-# %% ../nbs/30_generate.ipynb #2f6fc3d2
+# %% ../nbs/30_generate.ipynb #e4931cf7
 SD15_H100_ROOFLINE = 34.0   # images/s, UNet-only bound at s 0.7 / 25 steps / guidance 7.5 (published cost figures)
 
 def random_sd15_pipeline(device=None, dtype=torch.float16, seed: int=0):
     "A randomly initialised Stable-Diffusion-1.5-size img2img pipeline (same shapes and cost, no download)."
     from diffusers import StableDiffusionImg2ImgPipeline
-    from diffmix_nb.concepts import build_sd15_random   # the one SD-1.5 config of the project
+    from diffmix_nb.models import build_sd15_random   # the one SD-1.5 config of the project
     parts = build_sd15_random(device='cpu', seed=seed)
     pipe = StableDiffusionImg2ImgPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = pipe.to(device or default_device(), dtype); pipe.set_progress_bar_config(disable=True)
@@ -836,7 +836,7 @@ def benchmark_generate(pipe=None,                # an SD pipeline; default: rand
         out['roofline_fraction'] = round(batched / (SD15_H100_ROOFLINE * 17 / steps), 3)
     return out
 
-# %% ../nbs/30_generate.ipynb #b8fc3a2a
+# %% ../nbs/30_generate.ipynb #951cf34e
 def cli_register(sub):
     "Add the `generate` subcommand to the `diffmix` parser."
     p = sub.add_parser('generate', help='plan and generate synthetic images (any registered method) into a manifest',
@@ -874,7 +874,7 @@ def _cli_generate(args) -> int:
     if args.benchmark:
         pipe = None
         if args.base_model and args.base_model != 'random-sd15':
-            from diffmix_nb.tiny import load_pipeline
+            from diffmix_nb.models import load_pipeline
             dev = torch.device(args.device or default_device())
             pipe = load_pipeline(args.base_model, device=dev, dtype=resolve_dtype(args.mixed_precision, dev))
         elif args.base_model == 'random-sd15': pipe = random_sd15_pipeline(args.device)

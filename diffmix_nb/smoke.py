@@ -20,7 +20,7 @@ __all__ = ['SMOKE_STAGES', 'SMOKE_SIZES', 'CLIP_VIT_L14', 'CLIP_TINY', 'save_cli
            'run_stage', 'vanilla_load', 'optimize_check', 'ddp_worker', 'ddp_summary', 'max_batch_24gb', 'run_smoke',
            'format_smoke', 'cli_register']
 
-# %% ../nbs/61_smoke.ipynb #54ec1f09
+# %% ../nbs/61_smoke.ipynb #2ed12b31
 SMOKE_STAGES = ('split', 'finetune', 'load', 'diff-mix', 'diff-ii', 'diffusemix', 'real-filter', 'classifier', 'optimize', 'ddp')
 SMOKE_SIZES = dict(
     sd15=dict(preset='sd15', resolution=64, steps=None, backbone='resnet50', img_size=64, image_px=96),
@@ -45,7 +45,7 @@ def _half_(parts: dict) -> dict:
 def save_clip_model(path, config: dict=CLIP_VIT_L14, seed: int=0, half: bool=True) -> tuple[Path, int]:
     "A random-weight `CLIPModel` of `config` with the real CLIP tokenizer and image processor, as a transformers folder; `(path, n_params)`."
     from transformers import CLIPConfig, CLIPModel, CLIPImageProcessor
-    from diffmix_nb.tiny import clip_tokenizer
+    from diffmix_nb.models import clip_tokenizer
     path = Path(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed); model = CLIPModel(CLIPConfig(**config)).eval()
@@ -62,14 +62,15 @@ def build_smoke_models(root,             # folder for `models/` (kept: a second 
                        size: str='sd15', # `sd15` (random SD-1.5 / IP2P / CLIP ViT-L/14 / ResNet-50) or `tiny`
                        seed: int=0) -> dict:
     "Write (once) the base, edit, CLIP and classifier folders of a smoke run; returns their paths and parameter counts."
-    from diffmix_nb.tiny import save_tiny_sd, save_tiny_ip2p, widen_conv_in, n_params
+    from diffmix_nb.tiny import save_tiny_sd, save_tiny_ip2p, widen_conv_in
+    from diffmix_nb.core import n_params
     from diffmix_nb.classify import build_backbone, save_backbone
     root = Path(root)/'models'; info = root/'models.json'
     if info.exists() and load_json(info).get('size') == size: return load_json(info)
     shutil.rmtree(root, ignore_errors=True); root.mkdir(parents=True)
     out = dict(size=size, params={})
     if size == 'sd15':
-        from diffmix_nb.concepts import build_sd15_random
+        from diffmix_nb.models import build_sd15_random
         parts = build_sd15_random('cpu', seed)
         out['params'].update({k: n_params(parts[k]) for k in ('unet', 'vae', 'text_encoder')})
         save_tiny_sd(root/'sd', _half_(parts))                       # fp16 files, vanilla StableDiffusionPipeline folder
@@ -158,12 +159,12 @@ def vanilla_load(base_model: str, concepts_dir: str, resolution: int, steps: int
     return dict(tokens=len(rows), vocab=len(pipe.tokenizer), token_ids=ids, image_size=list(im.size), dtype=str(pipe.unet.dtype),
                 lora_layers=sum('lora' in n for n, _ in pipe.unet.named_parameters()) // 2)
 
-# %% ../nbs/61_smoke.ipynb #4098dea9
+# %% ../nbs/61_smoke.ipynb #3d02b4ac
 def optimize_check(base_model: str, split: str, resolution: int, backbone: str='resnet50', img_size: int=64,
                    steps: int=6, level: str='on') -> dict:
     "Max differences between switch `off` and `level` for translation, a fine-tuning step and a classifier step."
-    from diffmix_nb.perf import optimize_level, apply_optimize
-    from diffmix_nb.tiny import load_pipeline
+    from diffmix_nb.runtime import optimize_level, apply_optimize
+    from diffmix_nb.models import load_pipeline
     from diffmix_nb.generate import translate
     from diffmix_nb.data import Split
     from diffmix_nb.concepts import ConceptTrainer, finetune_config
@@ -196,7 +197,7 @@ def optimize_check(base_model: str, split: str, resolution: int, backbone: str='
     outs = {}
     for lv in ('off', level):
         with optimize_level(lv):
-            from diffmix_nb.perf import optimize_settings
+            from diffmix_nb.runtime import optimize_settings
             fast = optimize_settings('cpu')
             torch.manual_seed(0); m = apply_optimize(build_backbone(backbone, 10).train(), 'classifier', 'cpu')
             opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=fast['fused_optimizer'] or None)
@@ -274,7 +275,7 @@ def max_batch_24gb(resolutions=(64, 512), budget_gb: float=24.0, reserve_gb: flo
                       weights_gb=round(est['weights_gb'], 2), per_image_gb={k: round(v, 4) for k, v in est['per_image_gb'].items()})
     return out
 
-# %% ../nbs/61_smoke.ipynb #d6687534
+# %% ../nbs/61_smoke.ipynb #d6981954
 def _preset_notes(preset: str) -> list[dict]:
     "What each precision choice of the preset does on this machine's CPU."
     pre = get_preset(preset); cuda = torch.cuda.is_available(); rows = []
@@ -296,7 +297,7 @@ def run_smoke(out_dir,                  # work folder: models, data, stage outpu
     "Build the models once, then run every stage as its own process; returns (and writes) the report."
     if size not in SMOKE_SIZES: raise ValueError(f"size={size!r}: use one of {sorted(SMOKE_SIZES)}")
     from diffmix_nb.data import make_fixture
-    from diffmix_nb.perf import git_commit, git_dirty
+    from diffmix_nb.core import git_commit, git_dirty
     sz, out = SMOKE_SIZES[size], Path(out_dir).resolve(); out.mkdir(parents=True, exist_ok=True)
     stages = list(SMOKE_STAGES) if only is None else [s for s in SMOKE_STAGES if s in (only.split(',') if isinstance(only, str) else only)]
     bad = set(only.split(',') if isinstance(only, str) else (only or ())) - set(SMOKE_STAGES)

@@ -39,7 +39,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_pipe(tiny_model):
-    from diffmix_nb.tiny import load_pipeline
+    from diffmix_nb.models import load_pipeline
     return load_pipeline(tiny_model, device='cpu')
 
 def _kw(tiny_model): return dict(multiplier=3, num_inference_steps=6, batch_size=4, device='cpu', base_model=str(tiny_model), progress=False)
@@ -156,7 +156,7 @@ def test_two_processes_same_images(toy_split, tiny_model, resumed_run, tmp_path_
 
 def test_clip_filter(toy_split, tiny_pipe, tmp_path):
     from transformers import CLIPConfig, CLIPModel, CLIPImageProcessor
-    from diffmix_nb.tiny import clip_tokenizer
+    from diffmix_nb.models import clip_tokenizer
     out = tmp_path/'g'
     man = G.generate(out, toy_split, 'real-aug', multiplier=10/12, num_inference_steps=4, batch_size=8, device='cpu',
                      pipeline=tiny_pipe, progress=False)

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffmix_nb import perf
-from diffmix_nb.perf import (SPEC_UNET_GFLOP, STAGES, batched_with_oom_backoff, format_table, is_oom, max_batch_for_memory,
-                             memory_estimate, mfu, n_params, optimize_unet, peak_tflops_for, run_suite, run_with_oom_backoff,
-                             sd15_components, unet_flops)
+from diffmix_nb import perf, runtime
+from diffmix_nb.core import n_params
+from diffmix_nb.perf import (SPEC_UNET_GFLOP, STAGES, format_table, max_batch_for_memory, memory_estimate, mfu,
+                             peak_tflops_for, run_suite, sd15_components, unet_flops)
+from diffmix_nb.runtime import is_oom, oom_backoff, optimize_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,22 +77,11 @@ def test_oom_backoff_halves_on_cuda_oom():
         return bs * 10
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
-        assert run_with_oom_backoff(fn, 48) == (30, 3)
+        assert oom_backoff(fn, 48) == (30, 3)
     assert calls == [48, 24, 12, 6, 3] and len(w) == 4
-    with pytest.raises(torch.cuda.OutOfMemoryError): run_with_oom_backoff(fn, 48, min_batch_size=8, verbose=False)
-    with pytest.raises(KeyError): run_with_oom_backoff(lambda bs: {}['x'], 8)
+    with pytest.raises(torch.cuda.OutOfMemoryError): oom_backoff(fn, 48, min_batch_size=8, verbose=False)
+    with pytest.raises(KeyError): oom_backoff(lambda bs: {}['x'], 8)
     assert is_oom(RuntimeError('CUDA error: out of memory')) and not is_oom(ValueError('out of range'))
-
-
-def test_batched_backoff_keeps_finished_chunks():
-    seen = []
-    def fn(chunk):
-        seen.append(len(chunk))
-        if len(chunk) > 4: raise torch.cuda.OutOfMemoryError('out of memory')
-        return [c + 100 for c in chunk]
-    out, bs = batched_with_oom_backoff(fn, list(range(21)), 16, verbose=False)
-    assert out == [c + 100 for c in range(21)] and bs == 4
-    assert seen[:3] == [16, 8, 4] and sum(n for n in seen if n <= 4) == 21     # failed chunks never half-done
 
 
 def test_memory_estimate_tiny(tiny):
@@ -189,13 +179,13 @@ def test_translate_flop_formula_counts_the_real_unet_calls():
 
 def test_optimize_switch(monkeypatch):
     "One switch ($DIFFMIX_OPTIMIZE) for generation, fine-tuning and the classifier; channels-last stays off on the CPU in `auto`."
-    assert perf.optimize_settings('cpu')['channels_last'] is False and perf.optimize_settings('cuda')['channels_last'] is True
-    monkeypatch.setenv(perf.OPTIMIZE_ENV, 'off')
-    assert perf.optimize_settings('cpu') == dict(level='off', sdpa=False, channels_last=False, compile=False, fused_optimizer=False)
-    with perf.optimize_level('on'): assert perf.optimize_settings('cpu')['channels_last'] is True
-    assert os.environ[perf.OPTIMIZE_ENV] == 'off'
-    monkeypatch.setenv(perf.OPTIMIZE_ENV, 'turbo')
-    with pytest.raises(ValueError, match='DIFFMIX_OPTIMIZE'): perf.optimize_settings('cpu')
+    assert runtime.optimize_settings('cpu')['channels_last'] is False and runtime.optimize_settings('cuda')['channels_last'] is True
+    monkeypatch.setenv(runtime.OPTIMIZE_ENV, 'off')
+    assert runtime.optimize_settings('cpu') == dict(level='off', sdpa=False, channels_last=False, compile=False, fused_optimizer=False)
+    with runtime.optimize_level('on'): assert runtime.optimize_settings('cpu')['channels_last'] is True
+    assert os.environ[runtime.OPTIMIZE_ENV] == 'off'
+    monkeypatch.setenv(runtime.OPTIMIZE_ENV, 'turbo')
+    with pytest.raises(ValueError, match='DIFFMIX_OPTIMIZE'): runtime.optimize_settings('cpu')
 
 
 def test_optimize_reaches_every_stage(monkeypatch):
@@ -206,18 +196,18 @@ def test_optimize_reaches_every_stage(monkeypatch):
     import numpy as np
     ims = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(2)]
     for level, fused in (('auto', True), ('off', None)):
-        with perf.optimize_level(level), warnings.catch_warnings():
+        with runtime.optimize_level(level), warnings.catch_warnings():
             warnings.simplefilter('ignore')
             tr = ConceptTrainer(ims, [0, 1], [ClassInfo('a', 0, 'top'), ClassInfo('b', 1, 'top')], finetune_config('tiny', batch_size=2),
                                 base_model=perf.TINY_SD, device='cpu')
         assert tr.optimizer.optimizer.defaults['fused'] is fused
     seen = []
-    real = perf.optimize_pipeline
-    monkeypatch.setattr(perf, 'optimize_pipeline', lambda pipe, *a, **k: (seen.append(a), real(pipe, *a, **k))[1])
+    real = runtime.optimize_pipeline
+    monkeypatch.setattr(runtime, 'optimize_pipeline', lambda pipe, *a, **k: (seen.append(a), real(pipe, *a, **k))[1])
     from diffmix_nb.generate import GenContext
     from diffmix_nb.data import load_dataset_spec, make_split
     ctx = GenContext(make_split(load_dataset_spec('fashion_mnist'), shots=1, seed=0), str(perf.TINY_SD), device='cpu', dtype=torch.float32)
-    with perf.optimize_level('on'): ctx.pipe
+    with runtime.optimize_level('on'): ctx.pipe
     assert seen and seen[0][0] is True                                          # channels_last forced by 'on'
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffmix_nb.tiny import (pretrain_tiny_sd_v2, export_tiny_sd, load_pipeline, read_fashion_mnist, clip_tokenizer,
-                             CLIP_TOKENIZER_DIR)
+from diffmix_nb.tiny import pretrain_tiny_sd_v2, export_tiny_sd, read_fashion_mnist
+from diffmix_nb.models import load_pipeline, clip_tokenizer, CLIP_TOKENIZER_DIR
 
 @pytest.fixture(scope='module')
 def data():
