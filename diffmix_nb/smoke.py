@@ -17,8 +17,8 @@ from .core import TINY_SD, TINY_IP2P, get_preset, save_json, load_json, quiet_hu
 
 # %% auto #0
 __all__ = ['SMOKE_STAGES', 'SMOKE_SIZES', 'CLIP_VIT_L14', 'CLIP_TINY', 'save_clip_model', 'build_smoke_models', 'peak_rss_gb',
-           'run_stage', 'vanilla_load', 'optimize_check', 'ddp_worker', 'ddp_summary', 'max_batch_24gb', 'run_smoke',
-           'format_smoke', 'cli_register']
+           'run_stage', 'vanilla_load', 'optimize_check', 'ddp_worker', 'ddp_summary', 'max_batch_24gb',
+           'write_smoke_images', 'run_smoke', 'format_smoke', 'cli_register']
 
 # %% ../nbs/61_smoke.ipynb #2ed12b31
 SMOKE_STAGES = ('split', 'finetune', 'load', 'diff-mix', 'diff-ii', 'diffusemix', 'real-filter', 'classifier', 'optimize', 'ddp')
@@ -275,7 +275,7 @@ def max_batch_24gb(resolutions=(64, 512), budget_gb: float=24.0, reserve_gb: flo
                       weights_gb=round(est['weights_gb'], 2), per_image_gb={k: round(v, 4) for k, v in est['per_image_gb'].items()})
     return out
 
-# %% ../nbs/61_smoke.ipynb #d6981954
+# %% ../nbs/61_smoke.ipynb #d98aa88a
 def _preset_notes(preset: str) -> list[dict]:
     "What each precision choice of the preset does on this machine's CPU."
     pre = get_preset(preset); cuda = torch.cuda.is_available(); rows = []
@@ -288,6 +288,18 @@ def _preset_notes(preset: str) -> list[dict]:
         rows.append(dict(stage=stage, setting=f'{key}={v}', on_cpu=what))
     return rows
 
+def write_smoke_images(root, n_classes: int=2, per_class: int=9, size: int=64, seed: int=0) -> Path:
+    "A small `train/val/test/<class>/` image folder of random-colour squares (what the smoke stages split and train on)."
+    from PIL import Image
+    root = Path(root); rng = np.random.default_rng(seed)
+    for c in range(n_classes):
+        for i in range(per_class):
+            f = root/('train', 'val', 'test')[i % 3]/f'class {c + 1}'/f'{i:03d}.jpg'; f.parent.mkdir(parents=True, exist_ok=True)
+            rgb = (rng.integers(0, 60, 3) + 180 * np.eye(3, dtype=int)[c % 3]).clip(0, 255)
+            Image.fromarray((rgb + rng.integers(-20, 21, (size, size, 3))).clip(0, 255).astype(np.uint8)).save(f, quality=92)
+    (root/'README.txt').write_text('smoke-test images (random colours, one hue per class); not an image: skipped\n')
+    return root
+
 def run_smoke(out_dir,                  # work folder: models, data, stage outputs, logs, smoke.json
               size: str='sd15',         # `sd15` (real-size random models) or `tiny` (the shipped models)
               only=None,                # a subset of `SMOKE_STAGES` (what they read from earlier stages must be in `out_dir`)
@@ -296,7 +308,6 @@ def run_smoke(out_dir,                  # work folder: models, data, stage outpu
               verbose: bool=True) -> dict:
     "Build the models once, then run every stage as its own process; returns (and writes) the report."
     if size not in SMOKE_SIZES: raise ValueError(f"size={size!r}: use one of {sorted(SMOKE_SIZES)}")
-    from diffmix_nb.data import make_fixture
     from diffmix_nb.core import git_commit, git_dirty
     sz, out = SMOKE_SIZES[size], Path(out_dir).resolve(); out.mkdir(parents=True, exist_ok=True)
     stages = list(SMOKE_STAGES) if only is None else [s for s in SMOKE_STAGES if s in (only.split(',') if isinstance(only, str) else only)]
@@ -317,7 +328,7 @@ def run_smoke(out_dir,                  # work folder: models, data, stage outpu
     if models['rc']: return _finish(report, out, t0, verbose)
     m = models['value']; report['models'] = m
     R, P = sz['resolution'], sz['preset']
-    if not (out/'data'/'README.txt').exists(): make_fixture('folder_split', out/'data', n_classes=2, per_class=9, size=sz['image_px'])
+    if not (out/'data'/'README.txt').exists(): write_smoke_images(out/'data', size=sz['image_px'])
     split, concepts, gen = out/'split.json', out/'concepts', out/'gen'
     st = [] if steps is None else ['--steps', str(steps)]
     cmds = {

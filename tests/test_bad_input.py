@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from diffmix_nb.core import TINY_SD, save_json, model_fingerprint, normal_permissions, atomic_write
-from diffmix_nb.data import (ClassInfo, Item, Split, make_fixture, load_dataset_spec, make_split, LOADERS, OutsideRootError,
+from fixtures import make_fixture
+from diffmix_nb.data import (ClassInfo, Item, Split, load_dataset_spec, make_split, LOADERS, OutsideRootError,
                              DuplicateContentError, SplitMismatchError)
 from diffmix_nb.cli import main
 

@@ -8,8 +8,9 @@ from PIL import Image
 
 from diffmix_nb import data as D
 from diffmix_nb.core import safe_name
-from diffmix_nb.data import (SPLITS, BadImageError, ClassInfo, FIXTURE_LAYOUTS, Split, SplitMismatchError, check_images, cli_register,
-                             default_split_path, load_dataset_spec, make_fixture, make_split)
+from fixtures import FIXTURE_LAYOUTS, make_fixture
+from diffmix_nb.data import (SPLITS, BadImageError, ClassInfo, Split, SplitMismatchError, check_images, cli_register,
+                             default_split_path, load_dataset_spec, make_split)
 
 # (number of classes, class 1's name, superclass) of each fixture written with 3 classes
 EXPECTED = {
