@@ -450,7 +450,7 @@ def bench_translate(ours_pipe, base_pipe, size: str='tiny', peak_tflops: float|N
         rows.append(_row(f'translate b{B}', 'images/s', ours, base, fl, peak_tflops, resolution=R, strength=st, steps=steps))
     return rows
 
-# %% ../nbs/60_perf.ipynb #b1d179c9
+# %% ../nbs/60_perf.ipynb #0c85f2c0
 def bench_diffii(ours_pipe, base_pipe, size: str='tiny', peak_tflops: float|None=None, strict: bool=False, **over) -> list[dict]:
     "Images/s of Diff-II inversion and of interpolate + two-stage denoise: batched (ours) vs one image at a time."
     from diffmix_nb.diffii import invert_images, start_latents, diffii_generate
@@ -475,7 +475,7 @@ def bench_diffii(ours_pipe, base_pipe, size: str='tiny', peak_tflops: float|None
     ours_i = _guarded(go(inv_ours, n, lambda: invert_images(ours_pipe, imgs[:wb], prompts[:wb], warm_ks, R)), {**cfg_o, 'steps': ks}, strict)
     base_i = _guarded(go(inv_base, nb, lambda: invert_images(base_pipe, imgs[:1], prompts[:1], warm_ks, R)), {**cfg_b, 'steps': ks}, strict)
     xT = state.get('xT')
-    if xT is None: xT = torch.randn(n, 4, R // ours_pipe.vae_scale_factor, R // ours_pipe.vae_scale_factor)
+    if xT is None: xT = torch.randn(n, ours_pipe.unet.config.in_channels, R // ours_pipe.vae_scale_factor, R // ours_pipe.vae_scale_factor)
     pairs = [(xT[i], xT[(i + 1) % n]) for i in range(n)]
     Z, _ = start_latents(pairs, list(range(n)))
     suffixes = ['flying over water', 'on a city street'] * (n // 2 + 1)
