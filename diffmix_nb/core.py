@@ -17,11 +17,11 @@ import torch
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'ASSETS_DIR', 'TINY_SD', 'TINY_IP2P', 'TINY_BACKBONES', 'TINY_BACKBONE', 'PRESETS', 'IMAGE_EXTS',
-           'FMNIST_DIR', 'VERSIONED', 'CKPT_META', 'get_preset', 'seed_everything', 'derive_seed', 'set_determinism',
-           'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'normal_permissions',
+           'FMNIST_DIR', 'VERSIONED', 'CKPT_META', 'METHOD_MODULES', 'get_preset', 'seed_everything', 'derive_seed',
+           'set_determinism', 'safe_name', 'atomic_write', 'save_json', 'load_json', 'file_sha1', 'normal_permissions',
            'canonical_safetensors', 'model_fingerprint', 'default_device', 'resolve_dtype', 'quiet_hub_logs',
            'accelerator', 'n_params', 'check_options', 'versions', 'git_commit', 'git_dirty', 'optim_path',
-           'save_checkpoint', 'load_checkpoint', 'UsageError', 'BadInputError']
+           'save_checkpoint', 'load_checkpoint', 'UsageError', 'BadInputError', 'load_method_plugins']
 
 # %% ../nbs/00_core.ipynb #ca8e5d5e
 PACKAGE_DIR = Path(__file__).parent if '__file__' in globals() else Path('../diffmix_nb').resolve()
@@ -364,3 +364,17 @@ def load_checkpoint(path) -> dict:
 # %% ../nbs/00_core.ipynb #e93d15a8
 class UsageError(Exception): "The command was called wrongly (missing or contradictory options): exit code 2."
 class BadInputError(ValueError): "A file or value the user gave is missing, corrupt or out of range: exit code 3."
+
+# %% ../nbs/00_core.ipynb #497c25e4
+METHOD_MODULES = ['diffmix_nb.generate', 'diffmix_nb.diffii', 'diffmix_nb.diffusemix']
+
+def load_method_plugins() -> list[str]:
+    "Import every module that registers methods (`METHOD_MODULES` + `$DIFFMIX_PLUGINS`); returns their names."
+    import importlib
+    mods = METHOD_MODULES + [m.strip() for m in os.environ.get('DIFFMIX_PLUGINS', '').split(',') if m.strip()]
+    for m in mods:
+        try: importlib.import_module(m)
+        except ModuleNotFoundError as e:
+            if e.name == m: raise UsageError(f"method plug-in module {m!r} (from $DIFFMIX_PLUGINS or METHOD_MODULES) cannot be imported") from None
+            raise
+    return mods

@@ -17,7 +17,7 @@ from .core import TINY_SD, PRESETS, get_preset, default_device, quiet_hub_logs
 
 # %% auto #0
 __all__ = ['CLIP_TOKENIZER_DIR', 'SD15_UNET', 'SD15_VAE', 'SD15_TEXT', 'SD15_SCHEDULER', 'clip_tokenizer', 'save_clip_tokenizer',
-           'load_pipeline', 'encode_prompts', 'build_sd15_random', 'preset_of']
+           'load_pipeline', 'encode_prompts', 'prompt_embeds', 'build_sd15_random', 'preset_of']
 
 # %% ../nbs/12_models.ipynb #1c9a936e
 CLIP_TOKENIZER_DIR = TINY_SD/'tokenizer'   # OpenAI CLIP's vocab.json + merges.txt, shipped with the tiny model
@@ -71,6 +71,18 @@ def encode_prompts(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
     ids = tokenizer(list(texts), padding='max_length', max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors='pt').input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
+
+# %% ../nbs/12_models.ipynb #7ec6f743
+def prompt_embeds(pipe, prompts: list[str], cache: dict|None=None, guidance: bool=True):
+    "Prompt (and empty negative) embeddings for `prompts`, computing each distinct prompt once (cached in `cache`)."
+    cache = {} if cache is None else cache
+    todo = sorted({p for p in prompts if p not in cache} | ({''} - set(cache) if guidance else set()))
+    if todo:
+        with torch.no_grad():
+            emb, _ = pipe.encode_prompt(todo, pipe._execution_device, 1, False)
+        for p, e in zip(todo, emb): cache[p] = e[None]
+    pe = torch.cat([cache[p] for p in prompts])
+    return pe, (cache[''].expand_as(pe) if guidance else None)
 
 # %% ../nbs/12_models.ipynb #675add28
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),

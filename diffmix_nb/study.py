@@ -257,7 +257,7 @@ def _concept_kinds(ms) -> list[str]:
 
 def hard_label_rows(manifest):
     "The rows of `manifest` with every soft label replaced by a one-hot label on the target class (same total weight)."
-    from diffmix_nb.classify import read_manifest, ManifestRows
+    from diffmix_nb.data import read_manifest, ManifestRows
     rows = read_manifest(manifest)
     hard = [{**r, 'soft_label': {r['target_label']: float(sum(r['soft_label'].values()))}} for r in rows]
     return ManifestRows(hard, rows.skipped, [{**s, 'labels': 'hard'} for s in rows.sources])
@@ -377,7 +377,7 @@ def budget_text(est: dict) -> str:
 # %% ../nbs/50_study.ipynb #7d0410d8
 def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None) -> dict:
     "Oracle faithfulness and diversity of a generation folder's manifest (intended class: the soft label's argmax)."
-    from diffmix_nb.classify import read_manifest
+    from diffmix_nb.data import read_manifest
     rows = read_manifest(manifest)
     rows = rows[:limit] if limit else rows
     base = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent

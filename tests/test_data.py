@@ -8,7 +8,7 @@ from PIL import Image
 
 from diffmix_nb import data as D
 from diffmix_nb.core import safe_name
-from fixtures import FIXTURE_LAYOUTS, make_fixture
+from fixtures import FIXTURE_LAYOUTS, make_fixture, _mat_struct
 from diffmix_nb.data import (SPLITS, BadImageError, ClassInfo, Split, SplitMismatchError, check_images, cli_register,
                              default_split_path, load_dataset_spec, make_split)
 
@@ -25,8 +25,10 @@ SPLIT_SIZES = {'cub': [6, 0, 6], 'aircraft': [6, 3, 3], 'flowers': [6, 3, 3], 'c
 def _parser():
     p = argparse.ArgumentParser(prog='diffmix'); cli_register(p.add_subparsers(dest='command')); return p
 
-def _cli(*argv):
-    args = _parser().parse_args(['data', *map(str, argv)]); return args.func(args)
+def _cli(*argv) -> int:
+    "Run `diffmix data ...` through the real entry point and return its exit status (3 = bad input)."
+    from diffmix_nb.cli import main
+    return main(['data', *map(str, argv)])
 
 @pytest.fixture(scope='module')
 def fx(tmp_path_factory):
@@ -161,7 +163,7 @@ def test_empty_class_folder_is_an_error(tmp_path):
     root = make_fixture('folder', tmp_path/'f')
     (root/'empty one').mkdir(); (root/'empty one'/'notes.txt').write_text('no images here')
     with pytest.raises(ValueError, match='empty one'): load_dataset_spec('folder', root)
-    assert _cli('summary', '--dataset', 'folder', '--root', root, '--out', tmp_path/'s.json') == 1
+    assert _cli('summary', '--dataset', 'folder', '--root', root, '--out', tmp_path/'s.json') == 3
 
 def test_missing_and_malformed_layouts(tmp_path, fx):
     with pytest.raises(FileNotFoundError, match='CUB_200_2011'): load_dataset_spec('cub', tmp_path)
@@ -180,7 +182,7 @@ def test_missing_and_malformed_layouts(tmp_path, fx):
     with pytest.raises(ValueError, match=r'test.txt:1: expected 4 fields'): load_dataset_spec('pets', pets)
     cars = shutil.copytree(fx['cars'], tmp_path/'cars')
     from scipy.io import savemat
-    savemat(cars/'cars_test_annos_withlabels.mat', {'annotations': D._mat_struct([dict(bbox_x1=1, fname='00001.jpg')])})
+    savemat(cars/'cars_test_annos_withlabels.mat', {'annotations': _mat_struct([dict(bbox_x1=1, fname='00001.jpg')])})
     with pytest.raises(ValueError, match='withlabels'): load_dataset_spec('cars', cars)
 
 def test_k_larger_than_a_class(fx):
@@ -192,7 +194,7 @@ def test_k_larger_than_a_class(fx):
     with pytest.raises(ValueError, match=r"fewer than shots=2 \+ 1 validation"): make_split(spec, shots=2, val_per_class=1)
     sp = make_split(spec, shots=3, val_per_class=1, allow_fewer=True)   # training first: the class is kept whole
     assert sp.counts() == [2, 2, 2] and sp.counts('val') == [0, 0, 0] and 'training images come first' in sp.notes[0]
-    assert _cli('split', '--dataset', 'cub', '--root', fx['cub'], '--shots', 5, '--out', '/tmp/never-written.json') == 1
+    assert _cli('split', '--dataset', 'cub', '--root', fx['cub'], '--shots', 5, '--out', '/tmp/never-written.json') == 3
     assert not Path('/tmp/never-written.json').exists()
 
 def test_awkward_class_names_never_become_paths(tmp_path, fx):
@@ -274,7 +276,7 @@ def test_cli_split_default_path_options_and_overwrite_guard(fx, tmp_path, monkey
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r['sizes']['val'] == 6 and Split.load(r['path']).loader_kwargs == {'merge_val': True} and r['path'] != str(p)
     # a different split over an existing file is refused unless --force
-    assert _cli('split', '--dataset', 'aircraft', '--root', fx['aircraft'], '--shots', 2, '--out', p) == 1
+    assert _cli('split', '--dataset', 'aircraft', '--root', fx['aircraft'], '--shots', 2, '--out', p) == 3
     assert 'exists with different content' in capsys.readouterr().err
     assert _cli('split', '--dataset', 'aircraft', '--root', fx['aircraft'], '--shots', 2, '--out', p, '--force') == 0
     assert Split.load(p).shots == 2
@@ -287,7 +289,7 @@ def test_cli_split_default_path_options_and_overwrite_guard(fx, tmp_path, monkey
 def test_cli_preset_default_dataset_and_errors(fx, tmp_path, capsys):
     args = _parser().parse_args(['data', 'split', '--root', str(fx['fashion_mnist']), '--shots', '1', '--out', str(tmp_path/'t.json')])
     assert args.func(args) == 0 and Split.load(tmp_path/'t.json').dataset == 'fashion_mnist'     # tiny preset's dataset
-    assert _cli('summary', '--dataset', 'nope', '--root', tmp_path) == 1
+    assert _cli('summary', '--dataset', 'nope', '--root', tmp_path) == 3
     assert "Unknown dataset 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit): _parser().parse_args(['data', 'split', '--shots', '1', '--imbalance', '0.1'])
     with pytest.raises(SystemExit): _parser().parse_args(['data', 'split', '--option', 'novalue'])
