@@ -111,13 +111,13 @@ def test_paths_outside_the_root(tmp_path, cub, capsys):
     lines[-1] = lines[-1].split()[0] + ' ../../../outside.jpg'; f.write_text('\n'.join(lines) + '\n')
     with pytest.raises(OutsideRootError, match=r"outside the dataset root .*\.\./\.\./\.\./outside\.jpg"): load_dataset_spec('cub', cub)
     with pytest.raises(OutsideRootError): make_split(LOADERS['cub'](cub), shots=1, val_per_class=1, check=True)   # a loader called directly
-    assert _cli('data', 'split', '--dataset', 'cub', '--root', cub, '--shots', 1, '--out', tmp_path/'s.json') == 1
+    assert _cli('data', 'split', '--dataset', 'cub', '--root', cub, '--shots', 1, '--out', tmp_path/'s.json') == 3   # bad input
     assert 'outside the dataset root' in capsys.readouterr().err and not (tmp_path/'s.json').exists()
 
 # 5. split options with silent semantics
 def test_split_options(tmp_path, cub, capsys):
     for v in (-2, 0):
-        assert _cli('data', 'split', '--dataset', 'cub', '--root', cub, '--shots', 1, '--val-per-class', v, '--out', tmp_path/'x.json') == 1
+        assert _cli('data', 'split', '--dataset', 'cub', '--root', cub, '--shots', 1, '--val-per-class', v, '--out', tmp_path/'x.json') == 3
         assert f'val_per_class={v}' in capsys.readouterr().err
     assert _cli('data', 'summary', '--dataset', 'cub', '--root', cub, '--val-per-class', 100, '--out', tmp_path/'full.json') == 0
     out = capsys.readouterr().out

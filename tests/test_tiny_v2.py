@@ -1,4 +1,4 @@
-"""tiny-sd v2 pretraining (nbs/15_tiny.ipynb): exact resume, weights-only checkpoints, export, and the CLIP tokenizer
+"""tiny-sd v2 pretraining (nbs/15_tiny.ipynb): exact resume, pickle-free checkpoints, export, and the CLIP tokenizer
 loaded from the shipped folder (no open_clip)."""
 import os
 from pathlib import Path
@@ -9,6 +9,7 @@ import torch
 
 from diffmix_nb.tiny import pretrain_tiny_sd_v2, export_tiny_sd, read_fashion_mnist
 from diffmix_nb.models import load_pipeline, clip_tokenizer, CLIP_TOKENIZER_DIR
+from diffmix_nb.core import load_checkpoint
 
 @pytest.fixture(scope='module')
 def data():
@@ -16,7 +17,7 @@ def data():
     return x[:48], y[:48]
 
 def _unet(work):
-    return torch.load(Path(work)/'unet.pt', map_location='cpu', weights_only=True)
+    return load_checkpoint(Path(work)/'unet.pt')
 
 def test_resume_is_exact(data, tmp_path):
     kw = dict(data=data, vae_steps=2, batch_size=4, warmup=2, checkpoint_every=1000)
@@ -30,8 +31,11 @@ def test_resume_is_exact(data, tmp_path):
     for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
     for k in a['ema']: assert torch.equal(a['ema'][k], b['ema'][k]), k
     assert a['state']['log'][-1][0] == b['state']['log'][-1][0] == 4   # (b's last entry averages only steps 3-4)
-    # every checkpoint is weights-only loadable
-    for f in ('vae.pt', 'unet.pt', 'latents.pt'): torch.load(tmp_path/'b'/f, map_location='cpu', weights_only=True)
+    # every checkpoint is a safetensors file (no pickle) that loads back
+    from safetensors import safe_open
+    for f in ('vae.pt', 'unet.pt', 'latents.pt'):
+        with safe_open(str(tmp_path/'b'/f), 'pt') as h: assert list(h.keys())
+        load_checkpoint(tmp_path/'b'/f)
     log = (tmp_path/'b'/'log.txt').read_text()
     assert 'unet step 4/4' in log and 'checkpoint' in log
 
