@@ -234,10 +234,10 @@ DESIGNS: dict[str, dict] = {   # `diffmix bench` (full) and `diffmix bench --qui
 
 
 def _clf_cfg(method: str, setting: str, split=None, epochs=None, test_limit=None) -> dict:
-    "Classifier options of a study row: the registered classifier use of its method (`generate.classifier_use`), long-tail recipe on `lt`."
+    "Classifier options of a study row: the registered classifier use of its method (`classify.classifier_use`), long-tail recipe on `lt`."
     spec = STUDY_METHODS[method]; c = dict(spec.get('clf', {}))
     if spec['gen']:
-        from diffmix_nb.generate import classifier_use
+        from diffmix_nb.classify import classifier_use
         u = classifier_use(spec['gen'], split, protocol=spec.get('use')); c.update(mode=u['mode'], p=u['p'])
     if setting == 'lt': c.update(recipe='longtail', shot_thresholds='auto')
     if epochs: c['epochs'] = epochs

@@ -44,7 +44,8 @@ def _generation(split: Split, out: Path) -> Path:
     return out/'manifest.jsonl'
 
 def test_manifest_from_a_split_with_other_labels(tmp_path, cub):
-    from diffmix_nb.classify import SyntheticMixDataset, read_manifest, train_classifier
+    from diffmix_nb.classify import SyntheticMixDataset, train_classifier
+    from diffmix_nb.data import read_manifest
     a = make_split(load_dataset_spec('cub', cub), shots=2, val_per_class=1); a.save(tmp_path/'a.json'); a = Split.load(tmp_path/'a.json')
     man = _generation(a, tmp_path/'gen')
     b = _swapped(a, tmp_path/'b.json')
@@ -141,7 +142,7 @@ def test_split_hash_covers_seed_shots_and_options(tmp_path, cub):
 
 # also: skipped rows by kind, resume messages, permissions, weights-only resume
 def test_skipped_rows_are_counted_by_kind(tmp_path, cub):
-    from diffmix_nb.classify import read_manifest
+    from diffmix_nb.data import read_manifest
     a = make_split(load_dataset_spec('cub', cub), shots=2, val_per_class=1)
     man = _generation(a, tmp_path/'gen'); lines = man.read_text().splitlines()
     gone = json.loads(lines[0])['path']; (man.parent/gone).unlink()

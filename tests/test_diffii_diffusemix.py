@@ -12,7 +12,7 @@ from diffmix_nb.data import ClassInfo, Item, Split
 from diffmix_nb import generate as G
 from diffmix_nb import diffii as D
 from diffmix_nb import diffusemix as M
-from diffmix_nb.classify import read_manifest
+from diffmix_nb.data import read_manifest
 
 @pytest.fixture(scope='module')
 def split(tmp_path_factory):

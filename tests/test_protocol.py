@@ -14,8 +14,8 @@ import diffmix_nb.classify as classify
 from diffmix_nb.classify import (resolve_classifier_use, manifest_methods, train_classifier, classifier_config, cutmix, mixup,
                                  smooth_targets, soft_cross_entropy, class_balanced_weights, cmo_window, drw_start_epoch, main,
                                  build_backbone, torchvision_vit_to_timm, SWAG_VIT, default_batch_size, weights_source)
-from diffmix_nb.generate import classifier_use, register_classifier_use, CLASSIFIER_USES
-from diffmix_nb.data import load_dataset_spec, make_split, longtail_counts, Split
+from diffmix_nb.classify import classifier_use, register_classifier_use, CLASSIFIER_USES
+from diffmix_nb.data import load_dataset_spec, make_split, longtail_counts, Split, read_manifest
 
 TINY = dict(epochs=1, batch_size=10, test_limit=100)
 
@@ -53,7 +53,7 @@ def test_registry_has_each_methods_use():
 
 
 def test_method_is_read_from_rows_or_plan_header(split, tmp_path):
-    a = classify.read_manifest(write_gen(tmp_path/'a', split, 'da-fusion', row_method=False))
+    a = read_manifest(write_gen(tmp_path/'a', split, 'da-fusion', row_method=False))
     assert manifest_methods(a) == {'da-fusion': [str(tmp_path/'a'/'manifest.jsonl')]}
     u = resolve_classifier_use(split, a)
     assert (u['mode'], u['p'], u['method'], u['source']) == ('own-variants', 0.5, 'da-fusion', 'registered for da-fusion')
@@ -77,7 +77,7 @@ def test_mixing_methods_needs_explicit_mode(split, tmp_path, capsys):
     assert main(['train', '--split', split.path, '--manifest', str(a), '--manifest', str(b), '--seeds', '0']) == 2
     err = capsys.readouterr().err
     assert "'diff-ii'" in err and "'diff-mix'" in err and '--mode' in err
-    rows = classify.read_manifest([a, b])
+    rows = read_manifest([a, b])
     assert resolve_classifier_use(split, rows, mode='same-class')['mode'] == 'same-class'
 
 
