@@ -88,7 +88,7 @@ def test_concepts_with_another_base_model(tmp_path, cub):
     with pytest.warns(UserWarning, match='allowed by the caller'):
         G.make_plan(split, 'diff-mix', concepts=cdir, base_model=x, allow_other_base_model=True)
     assert _cli('generate', '--split', tmp_path/'s.json', '--method', 'diff-mix', '--concepts', cdir, '--base-model', x,
-                '--out', tmp_path/'g', '--plan-only') == 1
+                '--out', tmp_path/'g', '--plan-only') == 3                    # bad input: exit 3 (the CLI convention)
     assert not (tmp_path/'g'/'plan.json').exists()
 
 # 3. a symlinked (or copied) class folder; a flat folder without test items
