@@ -319,7 +319,7 @@ register_classifier_use('diff-ii', 'same-class', p=0.5, longtail_mode='long-tail
                         doc='Diff-II: a random synthetic image of the same class, p 0.5; long-tail: class ~ 1/(n_c+1), p 0.5')
 
 @register_method('diff-ii', sampler='diffii', prompts='concepts', defaults=dict(multiplier=PRESETS['sd15']['diffii']['expansion']),
-                 doc='fine-tuned model, DDIM-inversion circle of a same-class pair + two-stage suffix denoising, hard label')
+                 options=DIFFII_OPTIONS, doc='fine-tuned model, DDIM-inversion circle of a same-class pair + two-stage suffix denoising, hard label')
 def plan_diffii(req: PlanRequest) -> list[Task]:
     "Diff-II tasks: per class `multiplier x N_c` images from uniform same-class pairs (fresh noise for one image), suffix, s."
     o = req.options; check_options(o, DIFFII_OPTIONS, f'method {req.method!r}')

@@ -276,7 +276,7 @@ def _mode(v, what: str) -> str:
     return v
 
 @register_method('diffusemix', sampler='diffusemix', prompts='none',
-                 doc='InstructPix2Pix style edit, half original / half edit, fractal blend; hard label of the source')
+                 options=DIFFUSEMIX_OPTIONS, doc='InstructPix2Pix style edit, half original / half edit, fractal blend; hard label of the source')
 def plan_diffusemix(req: PlanRequest) -> list[Task]:
     "DiffuseMix tasks: paper mode `multiplier x |train|` (images in a seeded round robin, random prompt); code mode every prompt x image."
     o = req.options; check_options(o, DIFFUSEMIX_OPTIONS, f'method {req.method!r}')
