@@ -29,17 +29,20 @@ from .data import (Split, Item, guard_trainable, load_image, BadImageError, Test
 # %% auto #0
 __all__ = ['NAMED_BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_FOR_CROP', 'PACKAGED_WEIGHTS', 'LR_TABLE', 'LONGTAIL_LR',
            'SWAG_VIT', 'BATCH_TABLE', 'MODES', 'CLASSIFIER_USES', 'CLASSIFIER_DEFAULTS', 'RECIPES',
-           'LONGTAIL_FULL_SCALE', 'SELECTIONS', 'LOSSES', 'CKPT_META', 'CHECKPOINT_SECONDS', 'SUMMARY_METRICS',
-           'read_state_dict', 'load_backbone_weights', 'save_backbone', 'build_backbone', 'resize_for',
-           'default_padding', 'train_transform', 'test_transform', 'denormalize', 'user_cache_dir', 'map_keys_by_order',
-           'efficientnet_lite0_weights', 'packaged_weights', 'dataset_key', 'backbone_key', 'default_lr',
-           'torchvision_vit_to_timm', 'default_batch_size', 'weights_source', 'soft_target', 'default_p',
-           'SyntheticMixDataset', 'ClassifierUse', 'register_classifier_use', 'classifier_use', 'manifest_methods',
-           'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy', 'cutmix', 'mixup', 'cmo_paste',
-           'class_balanced_weights', 'drw_start_epoch', 'cmo_window', 'classifier_config', 'lr_at', 'ItemsDataset',
-           'accuracy_report', 'load_groups', 'NonFiniteLossError', 'EpochSampler', 'predict', 'train_classifier',
+           'LONGTAIL_FULL_SCALE', 'SELECTIONS', 'LOSSES', 'CLASSIFIER_OPTIONS', 'CKPT_META', 'CHECKPOINT_SECONDS',
+           'CURVES', 'SELECTION_LABELS', 'SUMMARY_METRICS', 'read_state_dict', 'load_backbone_weights', 'save_backbone',
+           'build_backbone', 'resize_for', 'default_padding', 'train_transform', 'test_transform', 'denormalize',
+           'user_cache_dir', 'map_keys_by_order', 'efficientnet_lite0_weights', 'packaged_weights', 'dataset_key',
+           'backbone_key', 'default_lr', 'torchvision_vit_to_timm', 'default_batch_size', 'weights_source',
+           'soft_target', 'default_p', 'SyntheticMixDataset', 'ClassifierUse', 'register_classifier_use',
+           'classifier_use', 'manifest_methods', 'resolve_classifier_use', 'smooth_targets', 'soft_cross_entropy',
+           'cutmix', 'mixup', 'cmo_paste', 'class_balanced_weights', 'drw_start_epoch', 'cmo_window',
+           'classifier_config', 'lr_at', 'ItemsDataset', 'accuracy_report', 'load_groups', 'NonFiniteLossError',
+           'EpochSampler', 'predict', 'resolve_run', 'run_items', 'training_data', 'training_model', 'long_tail_tools',
+           'TrainRun', 'setup_run', 'resume_run', 'mix_batch', 'train_epoch', 'evaluate_epoch', 'record_epoch',
+           'update_best', 'checkpoint_epoch', 'fit', 'select_and_test', 'results_record', 'train_classifier',
            'load_classifier', 'classify_images', 'summarize', 'run_seeds', 'results_table', 'plot_curves',
-           'loader_throughput', 'cli_register', 'cli_train', 'main']
+           'loader_throughput', 'cli_register', 'cli_train']
 
 # %% ../nbs/40_classify.ipynb #1705a297
 def _strip_prefixes(sd: dict) -> dict:
@@ -576,7 +579,7 @@ def cmo_window(cfg: dict, epochs: int) -> tuple[int, int]|None:
     c0 = max(1, int(round(0.02 * epochs)))
     return (c0 if cfg['cmo_start'] is None else cfg['cmo_start'], epochs - c0 if cfg['cmo_end'] is None else cfg['cmo_end'])
 
-# %% ../nbs/40_classify.ipynb #32bbfcef
+# %% ../nbs/40_classify.ipynb #5e809608
 CLASSIFIER_DEFAULTS = dict(
     backbone='resnet18', pretrained=False, stem='timm', img_size=32, epochs=30, batch_size=64, lr=0.05, momentum=0.9,
     weight_decay=5e-4, warmup=0.1, schedule='cosine', milestones=[0.8, 0.9], lr_factors=[0.01, 1e-4],
@@ -590,6 +593,19 @@ RECIPES = {'standard': {},
 LONGTAIL_FULL_SCALE = dict(lr=LONGTAIL_LR, batch_size=128, epochs=200)
 SELECTIONS = ('val', 'last', 'oracle-test')
 LOSSES = ('ce', 'cmo', 'drw', 'cmo-drw')
+
+def _pretrained_arg(s: str): return True if s == 'hub' else (s or None)
+
+CLASSIFIER_OPTIONS: dict[str, dict] = dict(   # the options `diffmix train` sets: config key -> argparse keywords of `--key-with-dashes`
+    mode=dict(choices=MODES, help="how synthetic rows replace real fetches (default: the classifier use registered for "
+                                  "the manifests' method, e.g. same-class p 0.5 for diff-ii; none without manifests)"),
+    p=dict(type=float, help='replacement probability (default per mode, as the papers use it)'),
+    backbone=dict(help='timm model name'), pretrained=dict(type=_pretrained_arg, help="'hub' or a local checkpoint file/folder"),
+    img_size=dict(type=int), epochs=dict(type=int), lr=dict(type=float), batch_size=dict(type=int, help='global batch size'),
+    recipe=dict(choices=sorted(RECIPES)), cutmix=dict(action='store_true'), mixup=dict(action='store_true'),
+    loss=dict(choices=LOSSES, help='ce, or the long-tail baselines cmo / drw / cmo-drw'),
+    selection=dict(choices=SELECTIONS, help="val (default), last, or oracle-test (the references' inflated protocol)"),
+    test_limit=dict(type=int, help='evaluate a stratified test subset of this size (CI only)'), num_workers=dict(type=int))
 
 def classifier_config(split: Split|None=None, cfg: dict|None=None, preset: str='tiny') -> dict:
     "The resolved classifier config: defaults < preset < recipe < per-dataset lr < `cfg`."
@@ -677,7 +693,7 @@ def load_groups(path, column: str='group', id_column: str='id') -> dict[str, str
             raise ValueError(f"{path}: needs columns {id_column!r} and {column!r}, has {rd.fieldnames}")
         return {r[id_column]: r[column] for r in rd}
 
-# %% ../nbs/40_classify.ipynb #82756f30
+# %% ../nbs/40_classify.ipynb #106efdad
 class NonFiniteLossError(RuntimeError): "The training loss became NaN or infinite."
 
 class EpochSampler(Sampler):
@@ -831,6 +847,272 @@ def _run_key(cfg, split, sources, seed) -> str:
     c = {k: v for k, v in cfg.items() if k not in _NOT_IN_KEY}
     return f"{derive_seed('run', json.dumps(_clean(c), sort_keys=True), split.hash, json.dumps(sources, sort_keys=True), seed):08x}"
 
+# %% ../nbs/40_classify.ipynb #08d13b41
+def _as_rows(manifests, verify: str='open') -> ManifestRows:
+    "Synthetic rows from manifest paths/folders, from `read_manifest` rows, or from a list of row dicts."
+    if isinstance(manifests, ManifestRows): return manifests
+    if isinstance(manifests, list) and manifests and isinstance(manifests[0], dict):
+        return ManifestRows(manifests, sources=[dict(path='<rows>', rows=len(manifests))])
+    return read_manifest(manifests, verify=verify) if manifests else ManifestRows()
+
+def resolve_run(split: Split|str|Path, manifests=(), cfg: dict|None=None, preset: str='tiny') -> tuple[Split, dict, ManifestRows, dict]:
+    "The split, the resolved config (mode and p from the classifier use), the synthetic rows and the classifier use."
+    split = split if isinstance(split, Split) else Split.load(split)
+    cfg = classifier_config(split, cfg, preset)
+    rows = _as_rows(manifests, cfg['verify_manifest'])
+    use = resolve_classifier_use(split, rows, cfg['mode'], cfg['p']); cfg['mode'], cfg['p'] = use['mode'], use['p']
+    if rows and cfg['mode'] == 'none': warnings.warn("manifests given with mode='none': the synthetic images are not used", stacklevel=3)
+    return split, cfg, rows, use
+
+def run_items(split: Split, cfg: dict) -> tuple[list[Item], list[Item], list[Item]]:
+    "Training, validation and test items of a run (test: a stratified subset of `test_limit` items when set)."
+    train_items = guard_trainable(split.train_items, 'classifier training')
+    val_items, test_items = split.val_items, _subset(split.test_items, cfg['test_limit'], split.num_classes)
+    if not val_items and cfg['selection'] == 'val':
+        raise ValueError(f"split {split.path or split.dataset} has no validation items: re-create it with val_per_class > 0 or use selection='last'")
+    return train_items, val_items, test_items
+
+# %% ../nbs/40_classify.ipynb #c6da7823
+def training_data(split: Split, rows, cfg: dict, items: tuple, seed: int=0, nproc: int=1) -> dict:
+    "The mixing dataset (`ds`), its `sampler` and loader (`dl`), and the `val_dl` / `test_dl` evaluation loaders."
+    train_items, val_items, test_items = items
+    bs, nw = int(cfg['batch_size']), int(cfg['num_workers'])
+    ds = SyntheticMixDataset(split, rows, mode=cfg['mode'], p=cfg['p'], seed=seed, items=train_items,
+                             transform=train_transform(cfg['img_size'], cfg['augment'], cfg['crop_padding']),
+                             allow_foreign_sources=cfg['allow_foreign_sources'])
+    sampler = EpochSampler(len(ds), seed)
+    dl = DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=len(ds) > bs, num_workers=nw,
+                    pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    ebs = int(cfg['eval_batch_size']) // nproc * nproc or nproc
+    mk = lambda its: DataLoader(ItemsDataset(split, its, cfg['img_size']), batch_size=ebs, shuffle=False, num_workers=nw)
+    return dict(ds=ds, sampler=sampler, dl=dl, val_dl=mk(val_items), test_dl=mk(test_items))
+
+# %% ../nbs/40_classify.ipynb #fb193890
+def training_model(cfg: dict, num_classes: int, device) -> tuple[nn.Module, torch.optim.Optimizer, dict]:
+    "The backbone (optimised by `runtime.apply_optimize`), its SGD optimiser, and the optimisation settings."
+    model = build_backbone(cfg['backbone'], num_classes, pretrained=cfg['pretrained'], stem=cfg['stem'])
+    from diffmix_nb.runtime import apply_optimize, optimize_settings   # the one optimisation switch ($DIFFMIX_OPTIMIZE)
+    fast = optimize_settings(device)
+    model = apply_optimize(model, 'classifier', device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'],
+                          fused=fast['fused_optimizer'] or None)   # one fused kernel per step instead of a loop over tensors
+    return model, opt, fast
+
+def long_tail_tools(cfg: dict, split: Split, train_items: Sequence[Item], transform: Callable, seed: int=0, device='cpu') -> dict:
+    "DRW's class-balanced weights (`cb_w`) and first epoch (`drw_from`), CMO's window (`cmo`) and minority sampler (`mino`, `mino_w`)."
+    E, counts = int(cfg['epochs']), split.counts('train')
+    lt = dict(counts=counts, cb_w=class_balanced_weights(counts, cfg['drw_beta']).to(device), drw_from=drw_start_epoch(cfg, E),
+              cmo=cmo_window(cfg, E), mino=None, mino_w=None)
+    if lt['cmo'] is not None:
+        lt['mino'] = SyntheticMixDataset(split, [], mode='none', seed=derive_seed('cmo', seed), items=train_items, transform=transform)
+        lt['mino_w'] = torch.tensor([1.0 / counts[it.label] for it in train_items], dtype=torch.float64)
+    return lt
+
+# %% ../nbs/40_classify.ipynb #efc90511
+CURVES = ('epoch', 'lr', 'train_loss', 'train_acc', 'val_acc', 'val_loss', 'test_acc', 'seconds')
+
+@dataclass
+class TrainRun:
+    "One training run: its config, accelerator, data, model and optimiser, and the state a checkpoint keeps."
+    cfg: dict; split: Split; seed: int; key: str; out: Path|None; acc: Any; determinism: Any
+    items: tuple; data: dict; model: nn.Module; raw: nn.Module; opt: Any; fast: dict; lt: dict
+    curves: dict = field(default_factory=lambda: {k: [] for k in CURVES})
+    best: dict|None = None; best_state: dict|None = None   # the best validation epoch and its weights
+    start: int = 0; seen: int = 0; t_train: float = 0.0
+    ckp: dict = field(default_factory=lambda: dict(t=time.time(), last=None, best=None))   # snapshots not yet on disk
+    @property
+    def epochs(self) -> int: return int(self.cfg['epochs'])
+    @property
+    def main(self) -> bool: return self.acc.is_main_process
+    @property
+    def test_each(self) -> bool: return self.cfg['selection'] == 'oracle-test' or bool(self.cfg['test_every_epoch'])
+
+def setup_run(split: Split, rows, cfg: dict, items: tuple, seed: int=0, key: str='', out: Path|None=None) -> TrainRun:
+    "Accelerator, determinism and seeds, data, model and optimiser (prepared), long-tail tools; resumed from `out` if it has a checkpoint."
+    acc_ = accelerator(_mixed_precision(cfg), split_batches=True); nproc = acc_.num_processes
+    if int(cfg['batch_size']) % nproc: raise ValueError(f"batch_size {cfg['batch_size']} is the global batch: it must divide by the {nproc} processes")
+    determinism = set_determinism(acc_.device)
+    seed_everything(seed)
+    data = training_data(split, rows, cfg, items, seed, nproc)
+    model, opt, fast = training_model(cfg, split.num_classes, acc_.device)
+    model, opt, data['dl'], data['val_dl'], data['test_dl'] = acc_.prepare(model, opt, data['dl'], data['val_dl'], data['test_dl'])
+    lt = long_tail_tools(cfg, split, items[0], data['ds'].transform, seed, acc_.device)
+    run = TrainRun(cfg=cfg, split=split, seed=seed, key=key, out=out, acc=acc_, determinism=determinism, items=items, data=data,
+                   model=model, raw=acc_.unwrap_model(model), opt=opt, fast=fast, lt=lt)
+    return resume_run(run) if out is not None else run
+
+def resume_run(run: TrainRun) -> TrainRun:
+    "Continue from `run.out`'s `last` checkpoint: weights, optimiser, curves, best epoch; a checkpoint of another config is an error."
+    ck, ck_best, ck_path = _resume_state(run.out, run.epochs)
+    if ck is None: return run
+    E, key = run.epochs, run.key
+    if ck.get('run_key') != key:
+        raise RuntimeError(f"{ck_path} is a checkpoint of another configuration (run key {ck.get('run_key')} != {key}); "
+                           f"use another --out folder or delete it")
+    if ck.get('optimizer') is None and ck['epoch'] + 1 < E:
+        raise RuntimeError(f"{ck_path} keeps no optimizer state but the run is not finished (epoch {ck['epoch']} of {E}); delete it to start again")
+    run.raw.load_state_dict(ck['model'])
+    if ck.get('optimizer') is not None: run.opt.load_state_dict(ck['optimizer'])
+    if ck.get('scaler') and run.acc.scaler is not None: run.acc.scaler.load_state_dict(ck['scaler'])
+    run.curves, run.best, run.start, run.seen = ck['curves'], ck['best'], ck['epoch'] + 1, ck.get('seen', 0)
+    run.best_state = ck_best if ck_best is not None else ({k: v.clone() for k, v in ck['model'].items()} if run.best and run.best['epoch'] == ck['epoch'] else None)
+    if run.main and run.start < E: print(f"{run.out}: resuming from epoch {run.start} of {E} (checkpoint {ck_path})", file=sys.stderr)
+    return run
+
+# %% ../nbs/40_classify.ipynb #12ef52eb
+def mix_batch(x: torch.Tensor, y: torch.Tensor, epoch: int, cfg: dict, lt: dict, g: torch.Generator):
+    "The batch-level augmentation of one step: CMO inside its window (probability `cmo_prob`), else CutMix and/or Mixup."
+    if lt['cmo'] is not None and lt['cmo'][0] <= epoch <= lt['cmo'][1] and float(torch.rand(1, generator=g)) < cfg['cmo_prob']:
+        idx = torch.multinomial(lt['mino_w'], x.shape[0], replacement=True, generator=g).tolist()
+        lt['mino'].set_epoch(epoch); mb = [lt['mino'][j] for j in idx]
+        xm, ym = torch.stack([b[0] for b in mb]).to(x.device), torch.stack([b[1] for b in mb]).to(x.device)
+        return cmo_paste(x, y, xm, ym, g)
+    if cfg['cutmix'] and cfg['mixup']:
+        return (cutmix(x, y, g, cfg['cutmix_prob'], cfg['cutmix_alpha']) if float(torch.rand(1, generator=g)) < 0.5
+                else mixup(x, y, g, cfg['mixup_alpha']))
+    if cfg['cutmix']: return cutmix(x, y, g, cfg['cutmix_prob'], cfg['cutmix_alpha'])
+    if cfg['mixup']: return mixup(x, y, g, cfg['mixup_alpha'])
+    return x, y
+
+def _diverged(run: TrainRun, loss: torch.Tensor, epoch: int, step: int, lr: float):
+    "Stop on a non-finite loss: write the pending checkpoints and a `diverged` results.json, raise `NonFiniteLossError`."
+    out = run.out
+    _flush_ckpt(run.ckp, out)
+    last = out/'last.safetensors' if out is not None and (out/'last.safetensors').exists() else None
+    msg = (f"training loss became {float(loss.detach()):.4g} at epoch {epoch} step {step} (lr {lr:.4g}); stopped. "
+           + (f"The last good checkpoint {last} (epoch {epoch - 1}) is kept; " if last else "No checkpoint was kept (no out_dir or first epoch); ")
+           + "lower the learning rate or check the inputs, then run again (it resumes from the checkpoint)")
+    if out is not None and run.main:
+        save_json(_clean(dict(status='diverged', message=msg, run_key=run.key, config=run.cfg, seed=run.seed)), out/'results.json')
+    raise NonFiniteLossError(msg)
+
+def train_epoch(run: TrainRun, epoch: int) -> dict:
+    "One epoch of SGD steps over the mixing loader; returns the loss sum, correct count, images (`lsum`, `ncor`, `n`) and last lr."
+    cfg, acc_, lt, dl = run.cfg, run.acc, run.lt, run.data['dl']
+    run.data['ds'].set_epoch(epoch); run.data['sampler'].set_epoch(epoch); run.model.train()
+    if hasattr(dl, 'set_epoch'): dl.set_epoch(epoch)   # accelerate's loader re-sets the epoch from its own counter otherwise
+    lsum, ncor, n, lr = torch.zeros((), device=acc_.device), torch.zeros((), device=acc_.device), 0, None
+    spe = len(dl)
+    for step, (x, y) in enumerate(dl):
+        lr = lr_at(epoch * spe + step, run.epochs * spe, cfg)
+        for grp in run.opt.param_groups: grp['lr'] = lr
+        g = torch.Generator().manual_seed(derive_seed('batch', run.seed, epoch, step, acc_.process_index))
+        hard = y.argmax(-1); x, y = mix_batch(x, y, epoch, cfg, lt, g)
+        sw = (y * lt['cb_w']).sum(-1) / y.sum(-1).clamp_min(1e-12) if lt['drw_from'] is not None and epoch >= lt['drw_from'] else None
+        if run.fast['channels_last']: x = x.contiguous(memory_format=torch.channels_last)
+        with acc_.autocast(): logits = run.model(x)
+        loss = soft_cross_entropy(logits, smooth_targets(y, cfg['label_smoothing'], cfg['smoothing']), sw)
+        if float(acc_.reduce((~torch.isfinite(loss.detach())).float().reshape(1), 'sum')) > 0: _diverged(run, loss, epoch, step, lr)
+        run.opt.zero_grad(set_to_none=True); acc_.backward(loss); run.opt.step()
+        lsum += loss.detach() * x.shape[0]; ncor += (logits.detach().argmax(-1) == hard).sum(); n += x.shape[0]
+    return dict(lsum=lsum, ncor=ncor, n=n, lr=lr)
+
+# %% ../nbs/40_classify.ipynb #00e49e05
+def evaluate_epoch(run: TrainRun) -> tuple[float, float, float|None]:
+    "Validation accuracy (%) and loss, and test accuracy when every epoch is tested (else None)."
+    pv, lv, _, vloss = predict(run.model, run.data['val_dl'], run.acc) if run.items[1] else (np.zeros(0), np.zeros(0), None, float('nan'))
+    vacc = float((pv == lv).mean() * 100) if len(lv) else float('nan')
+    tacc = None
+    if run.test_each:
+        pt, lt, _, _ = predict(run.model, run.data['test_dl'], run.acc); tacc = float((pt == lt).mean() * 100)
+    return vacc, vloss, tacc
+
+def record_epoch(run: TrainRun, epoch: int, stats: dict, vacc: float, vloss: float, tacc: float|None, t0: float):
+    "Append one epoch to `run.curves` (training loss and accuracy summed over the processes)."
+    dev = run.acc.device
+    tot = run.acc.reduce(torch.stack([stats['lsum'], stats['ncor'].float(), torch.tensor(float(stats['n']), device=dev)]), 'sum')
+    for k, v in (('epoch', epoch), ('lr', stats['lr']), ('train_loss', float(tot[0] / tot[2])), ('train_acc', float(tot[1] / tot[2] * 100)),
+                 ('val_acc', vacc), ('val_loss', vloss), ('test_acc', tacc), ('seconds', time.time() - t0)): run.curves[k].append(v)
+
+def update_best(run: TrainRun, epoch: int, vacc: float, vloss: float) -> bool:
+    "Keep the best validation epoch (accuracy, then lower loss) and a copy of its weights; True when this epoch is the new best."
+    score = (vacc if math.isfinite(vacc) else -1, -vloss if math.isfinite(vloss) else 0)
+    improved = run.best is None or tuple(score) > tuple(run.best['score'])
+    if improved:
+        run.best = dict(epoch=epoch, val_acc=vacc, val_loss=vloss, score=list(score))
+        run.best_state = {k: v.detach().cpu().clone() for k, v in run.raw.state_dict().items()}
+    return improved
+
+# %% ../nbs/40_classify.ipynb #841b070e
+def checkpoint_epoch(run: TrainRun, epoch: int, improved: bool, stop_after: int|None=None):
+    "Snapshot this epoch (`last`; `best` when improved) and write the snapshots when due (see `CHECKPOINT_SECONDS`)."
+    if run.out is None or not run.main: return
+    if improved: run.ckp['best'] = dict(model=run.best_state, epoch=epoch, run_key=run.key)
+    final = epoch == run.epochs - 1   # a finished run never steps again: its last checkpoint keeps the weights only
+    scaler = run.acc.scaler.state_dict() if run.acc.scaler and not final else None
+    run.ckp['last'] = _snapshot(dict(model=run.raw.state_dict(), optimizer=None if final else run.opt.state_dict(), scaler=scaler,
+                                     epoch=epoch, curves=run.curves, best=run.best, seen=run.seen, run_key=run.key))
+    if final or (stop_after is not None and epoch + 1 >= stop_after) or time.time() - run.ckp['t'] >= CHECKPOINT_SECONDS:
+        _flush_ckpt(run.ckp, run.out)
+
+# %% ../nbs/40_classify.ipynb #743fb810
+def fit(run: TrainRun, stop_after: int|None=None, progress: bool=True, verbose: bool=False) -> TrainRun:
+    "Train from `run.start` to the last epoch (or `stop_after`): each epoch trains, evaluates, keeps the best, checkpoints."
+    from tqdm import tqdm
+    E = run.epochs
+    bar = tqdm(range(run.start, E), total=E, initial=run.start, disable=not (progress and run.main), desc=f"train seed {run.seed}",
+               file=sys.stderr, dynamic_ncols=False, ncols=100, leave=False)
+    run.ckp['t'] = time.time()
+    try:
+        for epoch in bar:
+            if stop_after is not None and epoch >= stop_after: break
+            t0 = time.time(); stats = train_epoch(run, epoch)
+            run.t_train += time.time() - t0; run.seen += stats['n'] * run.acc.num_processes
+            vacc, vloss, tacc = evaluate_epoch(run)
+            record_epoch(run, epoch, stats, vacc, vloss, tacc, t0)
+            checkpoint_epoch(run, epoch, update_best(run, epoch, vacc, vloss), stop_after)
+            run.acc.wait_for_everyone()
+            bar.set_postfix(loss=f"{run.curves['train_loss'][-1]:.3f}", val=f"{vacc:.1f}")
+            if verbose and run.main: print(f"epoch {epoch}: loss {run.curves['train_loss'][-1]:.4f} train {run.curves['train_acc'][-1]:.1f} "
+                                           f"val {vacc:.1f}" + (f" test {tacc:.1f}" if tacc is not None else ''))
+    finally: bar.close()
+    return run
+
+SELECTION_LABELS = {'val': 'val-selected', 'last': 'last-epoch',
+                    'oracle-test': 'oracle-test (best TEST accuracy over epochs, the references\' inflated protocol)'}
+
+def select_and_test(run: TrainRun, groups: dict[str, str]|None=None) -> dict:
+    "Test reports at the last and at the selected epoch: `{epoch, selected, last, protocol, oracle}`."
+    cfg, split, curves, E, counts = run.cfg, run.split, run.curves, run.epochs, run.lt['counts']
+    train_counts = counts if split.imbalance is not None else None
+    th = cfg['shot_thresholds']
+    if th == 'auto': th = [max(1, round(max(counts) * 2 / 3)), max(1, round(max(counts) / 6))]
+    grp = [groups.get(it.id, '?') for it in run.items[2]] if groups else None
+    def test_report():
+        pt, lt, it_, _ = predict(run.model, run.data['test_dl'], run.acc)
+        order = np.argsort(it_); pt, lt = pt[order], lt[order]
+        return accuracy_report(pt, lt, split.num_classes, train_counts, th, grp)
+    last_rep = test_report()
+    if cfg['selection'] == 'val': sel_epoch = run.best['epoch']
+    elif cfg['selection'] == 'last': sel_epoch = E - 1
+    else: sel_epoch = int(np.nanargmax(np.array(curves['test_acc'], dtype=float)))
+    if sel_epoch == E - 1: sel_rep = last_rep
+    elif cfg['selection'] == 'val':
+        run.raw.load_state_dict(run.best_state); sel_rep = test_report()
+    else: sel_rep = dict(acc=curves['test_acc'][sel_epoch])   # oracle-test: only the curve value at that epoch
+    oracle = max(a for a in curves['test_acc'] if a is not None) if run.test_each else None
+    return dict(epoch=sel_epoch, selected=sel_rep, last=last_rep, protocol=SELECTION_LABELS[cfg['selection']], oracle=oracle)
+
+def results_record(run: TrainRun, rows, use: dict, sel: dict, t_start: float) -> dict:
+    "The results dict of a finished run (format `diffmix_nb.results/1`), JSON-safe."
+    cfg, split, curves, acc_ = run.cfg, run.split, run.curves, run.acc
+    (train_items, val_items, test_items), e = run.items, sel['epoch']
+    return _clean(dict(
+        format='diffmix_nb.results/1', status='finished', run_key=run.key, seed=run.seed, protocol=sel['protocol'],
+        selection=cfg['selection'], selected_epoch=e, test_acc=sel['selected']['acc'], test_acc_last=sel['last']['acc'],
+        test_acc_oracle=sel['oracle'], val_acc=curves['val_acc'][e], val_acc_last=curves['val_acc'][-1],
+        test=sel['selected'], test_last=sel['last'], mode=cfg['mode'], p=cfg['p'], classifier_use=use, config=cfg,
+        num_classes=split.num_classes, class_names=split.class_names,
+        split=dict(path=split.path, hash=split.hash, dataset=split.dataset, shots=split.shots, imbalance=split.imbalance,
+                   train=len(train_items), val=len(val_items), test=len(test_items), test_subset=len(test_items) < len(split.test_items)),
+        manifests=rows.sources, manifest_splits=[dict(manifest=g['manifest'], split_hash=g['split_hash']) for g in getattr(rows, 'plans', [])],
+        determinism=run.determinism, synthetic_rows=len(rows), skipped_rows=len(getattr(rows, 'skipped', [])),
+        synthetic_read_failures=sum(run.data['ds'].failures.values()), curves=curves,
+        time=dict(total_s=time.time() - t_start, train_s=run.t_train, train_images_per_s=run.seen / max(run.t_train, 1e-9)),
+        device=str(acc_.device), num_processes=acc_.num_processes, mixed_precision=acc_.mixed_precision,
+        versions=versions('torch', 'timm', 'accelerate', 'diffmix_nb')))
+
+# %% ../nbs/40_classify.ipynb #430321b9
 def train_classifier(split: Split|str|Path, # a `Split` or the path of a split file
                      manifests=(), # manifest files/folders (or rows from `read_manifest`)
                      cfg: dict|None=None, # overrides of the preset's classifier config (`classifier_config`)
@@ -844,178 +1126,19 @@ def train_classifier(split: Split|str|Path, # a `Split` or the path of a split f
                     ) -> dict:
     "Train and evaluate one classifier under the shared protocol; returns (and writes) the results dict."
     t_start = time.time()
-    split = split if isinstance(split, Split) else Split.load(split)
-    cfg = classifier_config(split, cfg, preset)
-    if isinstance(manifests, ManifestRows): rows = manifests
-    elif isinstance(manifests, list) and manifests and isinstance(manifests[0], dict):
-        rows = ManifestRows(manifests, sources=[dict(path='<rows>', rows=len(manifests))])
-    else: rows = read_manifest(manifests, verify=cfg['verify_manifest']) if manifests else ManifestRows()
-    use = resolve_classifier_use(split, rows, cfg['mode'], cfg['p']); cfg['mode'], cfg['p'] = use['mode'], use['p']
-    if rows and cfg['mode'] == 'none': warnings.warn("manifests given with mode='none': the synthetic images are not used", stacklevel=2)
-    C, E, bs = split.num_classes, int(cfg['epochs']), int(cfg['batch_size'])
-    train_items = guard_trainable(split.train_items, 'classifier training')
-    val_items, test_items = split.val_items, _subset(split.test_items, cfg['test_limit'], C)
-    if not val_items and cfg['selection'] == 'val':
-        raise ValueError(f"split {split.path or split.dataset} has no validation items: re-create it with val_per_class > 0 or use selection='last'")
-    sources = rows.sources
-    key = _run_key(cfg, split, sources, seed)
+    split, cfg, rows, use = resolve_run(split, manifests, cfg, preset)
+    items = run_items(split, cfg)
+    key = _run_key(cfg, split, rows.sources, seed)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and (out/'results.json').exists():
         prev = load_json(out/'results.json')
         if prev.get('run_key') == key and prev.get('status') == 'finished': return prev
-    acc_ = accelerator(_mixed_precision(cfg), split_batches=True); main = acc_.is_main_process; nproc = acc_.num_processes
-    if bs % nproc: raise ValueError(f"batch_size {bs} is the global batch: it must divide by the {nproc} processes")
-
-    determinism = set_determinism(acc_.device)
-    seed_everything(seed)
-    ds = SyntheticMixDataset(split, rows, mode=cfg['mode'], p=cfg['p'], seed=seed, items=train_items,
-                             transform=train_transform(cfg['img_size'], cfg['augment'], cfg['crop_padding']),
-                             allow_foreign_sources=cfg['allow_foreign_sources'])
-    sampler = EpochSampler(len(ds), seed)
-    nw = int(cfg['num_workers'])
-    dl = DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=len(ds) > bs, num_workers=nw,
-                    pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    mk = lambda its: DataLoader(ItemsDataset(split, its, cfg['img_size']), batch_size=int(cfg['eval_batch_size']) // nproc * nproc or nproc,
-                                shuffle=False, num_workers=nw)
-    val_dl, test_dl = mk(val_items), mk(test_items)
-    model = build_backbone(cfg['backbone'], C, pretrained=cfg['pretrained'], stem=cfg['stem'])
-    from diffmix_nb.runtime import apply_optimize, optimize_settings   # the one optimisation switch ($DIFFMIX_OPTIMIZE)
-    fast = optimize_settings(acc_.device)
-    model = apply_optimize(model, 'classifier', acc_.device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg['lr'], momentum=cfg['momentum'], weight_decay=cfg['weight_decay'],
-                          fused=fast['fused_optimizer'] or None)   # one fused kernel per step instead of a loop over tensors
-    model, opt, dl, val_dl, test_dl = acc_.prepare(model, opt, dl, val_dl, test_dl)
-    raw = acc_.unwrap_model(model)
-    spe = len(dl); total = E * spe
-    counts = split.counts('train')
-    cb_w = class_balanced_weights(counts, cfg['drw_beta']).to(acc_.device)
-    drw_from, cmo_on = drw_start_epoch(cfg, E), cmo_window(cfg, E) is not None
-    cmo_lo, cmo_hi = cmo_window(cfg, E) or (None, None)
-    if cmo_on:
-        mino = SyntheticMixDataset(split, [], mode='none', seed=derive_seed('cmo', seed), items=train_items, transform=ds.transform)
-        mino_w = torch.tensor([1.0 / counts[it.label] for it in train_items], dtype=torch.float64)
-    test_each = cfg['selection'] == 'oracle-test' or cfg['test_every_epoch']
-    curves = dict(epoch=[], lr=[], train_loss=[], train_acc=[], val_acc=[], val_loss=[], test_acc=[], seconds=[])
-    best, best_state, start, seen = None, None, 0, 0
-    ck, ck_best, ck_path = _resume_state(out, E) if out is not None else (None, None, None)
-    if ck is not None:
-        if ck.get('run_key') != key:
-            raise RuntimeError(f"{ck_path} is a checkpoint of another configuration (run key {ck.get('run_key')} != {key}); "
-                               f"use another --out folder or delete it")
-        if ck.get('optimizer') is None and ck['epoch'] + 1 < E:
-            raise RuntimeError(f"{ck_path} keeps no optimizer state but the run is not finished (epoch {ck['epoch']} of {E}); delete it to start again")
-        raw.load_state_dict(ck['model'])
-        if ck.get('optimizer') is not None: opt.load_state_dict(ck['optimizer'])
-        if ck.get('scaler') and acc_.scaler is not None: acc_.scaler.load_state_dict(ck['scaler'])
-        curves, best, start, seen = ck['curves'], ck['best'], ck['epoch'] + 1, ck.get('seen', 0)
-        best_state = ck_best if ck_best is not None else ({k: v.clone() for k, v in ck['model'].items()} if best and best['epoch'] == ck['epoch'] else None)
-        if main and start < E: print(f"{out}: resuming from epoch {start} of {E} (checkpoint {ck_path})", file=sys.stderr)
-    t_train = 0.0
-    from tqdm import tqdm
-    bar = tqdm(range(start, E), total=E, initial=start, disable=not (progress and main), desc=f"train seed {seed}",
-               file=sys.stderr, dynamic_ncols=False, ncols=100, leave=False)
-    ckp = dict(t=time.time(), last=None, best=None)   # checkpoint snapshots not yet on disk
-    for epoch in bar:
-        if stop_after is not None and epoch >= stop_after: break
-        t0 = time.time(); ds.set_epoch(epoch); sampler.set_epoch(epoch); model.train()
-        if hasattr(dl, 'set_epoch'): dl.set_epoch(epoch)   # accelerate's loader re-sets the epoch from its own counter otherwise
-        lsum, ncor, n = torch.zeros((), device=acc_.device), torch.zeros((), device=acc_.device), 0
-        for step, (x, y) in enumerate(dl):
-            it = epoch * spe + step; lr = lr_at(it, total, cfg)
-            for grp in opt.param_groups: grp['lr'] = lr
-            g = torch.Generator().manual_seed(derive_seed('batch', seed, epoch, step, acc_.process_index))
-            hard = y.argmax(-1); xc, yc = x, y
-            if cmo_on and cmo_lo <= epoch <= cmo_hi and float(torch.rand(1, generator=g)) < cfg['cmo_prob']:
-                idx = torch.multinomial(mino_w, x.shape[0], replacement=True, generator=g).tolist()
-                mino.set_epoch(epoch); mb = [mino[j] for j in idx]
-                xm, ym = torch.stack([b[0] for b in mb]).to(x.device), torch.stack([b[1] for b in mb]).to(x.device)
-                xc, yc = cmo_paste(xc, yc, xm, ym, g)
-            elif cfg['cutmix'] and cfg['mixup']:
-                xc, yc = (cutmix(xc, yc, g, cfg['cutmix_prob'], cfg['cutmix_alpha']) if float(torch.rand(1, generator=g)) < 0.5
-                          else mixup(xc, yc, g, cfg['mixup_alpha']))
-            elif cfg['cutmix']: xc, yc = cutmix(xc, yc, g, cfg['cutmix_prob'], cfg['cutmix_alpha'])
-            elif cfg['mixup']: xc, yc = mixup(xc, yc, g, cfg['mixup_alpha'])
-            x, y = xc, yc
-            sw = (y * cb_w).sum(-1) / y.sum(-1).clamp_min(1e-12) if drw_from is not None and epoch >= drw_from else None
-            if fast['channels_last']: x = x.contiguous(memory_format=torch.channels_last)
-            with acc_.autocast(): logits = model(x)
-            loss = soft_cross_entropy(logits, smooth_targets(y, cfg['label_smoothing'], cfg['smoothing']), sw)
-            bad = acc_.reduce((~torch.isfinite(loss.detach())).float().reshape(1), 'sum')
-            if float(bad) > 0:
-                _flush_ckpt(ckp, out)
-                last = out/'last.safetensors' if out is not None and (out/'last.safetensors').exists() else None
-                msg = (f"training loss became {float(loss.detach()):.4g} at epoch {epoch} step {step} (lr {lr:.4g}); stopped. "
-                       + (f"The last good checkpoint {last} (epoch {epoch - 1}) is kept; " if last else "No checkpoint was kept (no out_dir or first epoch); ")
-                       + "lower the learning rate or check the inputs, then run again (it resumes from the checkpoint)")
-                if out is not None and main: save_json(_clean(dict(status='diverged', message=msg, run_key=key, config=cfg, seed=seed)), out/'results.json')
-                bar.close(); raise NonFiniteLossError(msg)
-            opt.zero_grad(set_to_none=True); acc_.backward(loss); opt.step()
-            lsum += loss.detach() * x.shape[0]; ncor += (logits.detach().argmax(-1) == hard).sum(); n += x.shape[0]
-        t_train += time.time() - t0; seen += n * nproc
-        pv, lv, _, vloss = predict(model, val_dl, acc_) if val_items else (np.zeros(0), np.zeros(0), None, float('nan'))
-        vacc = float((pv == lv).mean() * 100) if len(lv) else float('nan')
-        tacc = None
-        if test_each:
-            pt, lt, _, _ = predict(model, test_dl, acc_); tacc = float((pt == lt).mean() * 100)
-        tot = acc_.reduce(torch.stack([lsum, ncor.float(), torch.tensor(float(n), device=acc_.device)]), 'sum')
-        for k, v in (('epoch', epoch), ('lr', lr), ('train_loss', float(tot[0] / tot[2])), ('train_acc', float(tot[1] / tot[2] * 100)),
-                     ('val_acc', vacc), ('val_loss', vloss), ('test_acc', tacc), ('seconds', time.time() - t0)): curves[k].append(v)
-        score = (vacc if math.isfinite(vacc) else -1, -vloss if math.isfinite(vloss) else 0)
-        improved = best is None or tuple(score) > tuple(best['score'])
-        if improved:
-            best = dict(epoch=epoch, val_acc=vacc, val_loss=vloss, score=list(score))
-            best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
-        if out is not None and main:   # an in-memory snapshot every epoch; written every CHECKPOINT_SECONDS, at the end and on errors
-            if improved: ckp['best'] = dict(model=best_state, epoch=epoch, run_key=key)
-            final = epoch == E - 1   # a finished run never steps again: its last checkpoint keeps the weights only
-            ckp['last'] = _snapshot(dict(model=raw.state_dict(), optimizer=None if final else opt.state_dict(),
-                                         scaler=acc_.scaler.state_dict() if acc_.scaler and not final else None,
-                                         epoch=epoch, curves=curves, best=best, seen=seen, run_key=key))
-            if final or (stop_after is not None and epoch + 1 >= stop_after) or time.time() - ckp['t'] >= CHECKPOINT_SECONDS:
-                _flush_ckpt(ckp, out)
-        acc_.wait_for_everyone()
-        bar.set_postfix(loss=f"{curves['train_loss'][-1]:.3f}", val=f"{vacc:.1f}")
-        if verbose and main: print(f"epoch {epoch}: loss {curves['train_loss'][-1]:.4f} train {curves['train_acc'][-1]:.1f} val {vacc:.1f}"
-                                  + (f" test {tacc:.1f}" if tacc is not None else ''))
-    bar.close()
-    done = len(curves['epoch'])
-    if done < E:
-        return _clean(dict(status='stopped', epochs_done=done, epochs=E, run_key=key, seed=seed, curves=curves))
-
-    # final evaluation: test at the last epoch and at the selected one
-    train_counts = counts if split.imbalance is not None else None
-    th = cfg['shot_thresholds']
-    if th == 'auto': th = [max(1, round(max(counts) * 2 / 3)), max(1, round(max(counts) / 6))]
-    grp = [groups.get(it.id, '?') for it in test_items] if groups else None
-    def test_report():
-        pt, lt, it_, _ = predict(model, test_dl, acc_)
-        order = np.argsort(it_); pt, lt = pt[order], lt[order]
-        return accuracy_report(pt, lt, C, train_counts, th, grp)
-    last_rep = test_report()
-    if cfg['selection'] == 'val': sel_epoch = best['epoch']
-    elif cfg['selection'] == 'last': sel_epoch = E - 1
-    else: sel_epoch = int(np.nanargmax(np.array(curves['test_acc'], dtype=float)))
-    if sel_epoch == E - 1: sel_rep = last_rep
-    elif cfg['selection'] == 'val':
-        raw.load_state_dict(best_state); sel_rep = test_report()
-    else: sel_rep = dict(acc=curves['test_acc'][sel_epoch])   # oracle-test: only the curve value at that epoch
-    label = {'val': 'val-selected', 'last': 'last-epoch',
-             'oracle-test': 'oracle-test (best TEST accuracy over epochs, the references\' inflated protocol)'}[cfg['selection']]
-    oracle = max(a for a in curves['test_acc'] if a is not None) if test_each else None
-    res = dict(format='diffmix_nb.results/1', status='finished', run_key=key, seed=seed, protocol=label,
-               selection=cfg['selection'], selected_epoch=sel_epoch, test_acc=sel_rep['acc'], test_acc_last=last_rep['acc'],
-               test_acc_oracle=oracle, val_acc=curves['val_acc'][sel_epoch], val_acc_last=curves['val_acc'][-1],
-               test=sel_rep, test_last=last_rep, mode=cfg['mode'], p=cfg['p'], classifier_use=use, config=cfg, num_classes=C, class_names=split.class_names,
-               split=dict(path=split.path, hash=split.hash, dataset=split.dataset, shots=split.shots, imbalance=split.imbalance,
-                          train=len(train_items), val=len(val_items), test=len(test_items), test_subset=len(test_items) < len(split.test_items)),
-               manifests=sources, manifest_splits=[dict(manifest=g['manifest'], split_hash=g['split_hash']) for g in getattr(rows, 'plans', [])],
-               determinism=determinism, synthetic_rows=len(rows), skipped_rows=len(getattr(rows, 'skipped', [])),
-               synthetic_read_failures=sum(ds.failures.values()), curves=curves,
-               time=dict(total_s=time.time() - t_start, train_s=t_train, train_images_per_s=seen / max(t_train, 1e-9)),
-               device=str(acc_.device), num_processes=nproc, mixed_precision=acc_.mixed_precision, versions=versions('torch', 'timm', 'accelerate', 'diffmix_nb'))
-    res = _clean(res)
-    if out is not None and main: save_json(res, out/'results.json')
-    acc_.wait_for_everyone()
+    run = fit(setup_run(split, rows, cfg, items, seed, key, out), stop_after, progress, verbose)
+    if len(run.curves['epoch']) < run.epochs:
+        return _clean(dict(status='stopped', epochs_done=len(run.curves['epoch']), epochs=run.epochs, run_key=key, seed=seed, curves=run.curves))
+    res = results_record(run, rows, use, select_and_test(run, groups), t_start)
+    if out is not None and run.main: save_json(res, out/'results.json')
+    run.acc.wait_for_everyone()
     return res
 
 # %% ../nbs/40_classify.ipynb #2e2cc46b
@@ -1142,48 +1265,34 @@ def loader_throughput(split: Split|str|Path, manifests=(), mode: str='uniform', 
                       f"{out['train_images_per_s'] or 0:.0f} images/s")
     return out
 
-# %% ../nbs/40_classify.ipynb #684b3dc8
+# %% ../nbs/40_classify.ipynb #550262bf
 def cli_register(sub) -> None:
-    "Add `diffmix train` to an argparse subparsers object."
+    "Add `diffmix train` to an argparse subparsers object (its config flags from `CLASSIFIER_OPTIONS`)."
     p = sub.add_parser('train', help='train and evaluate a classifier on a split file (+ synthetic manifests)',
                        description="Train a timm classifier on a split file's training images, optionally mixing in synthetic images "
                                    "from generation manifests; select the epoch on validation; report test accuracy over seeds.")
     p.add_argument('--split', required=True, help='split file (diffmix data split)')
     p.add_argument('--manifest', action='append', default=[], help='manifest.jsonl or its folder (repeatable)')
-    p.add_argument('--mode', choices=MODES, help="how synthetic rows replace real fetches (default: the classifier use registered for "
-                                                 "the manifests' method, e.g. same-class p 0.5 for diff-ii; none without manifests)")
-    p.add_argument('--p', type=float, help='replacement probability (default per mode, as the papers use it)')
     p.add_argument('--preset', default='tiny', help='tiny, sd15 or a preset .json')
-    p.add_argument('--backbone', help='timm model name'); p.add_argument('--pretrained', help="'hub' or a local checkpoint file/folder")
-    p.add_argument('--img-size', type=int); p.add_argument('--epochs', type=int); p.add_argument('--lr', type=float)
-    p.add_argument('--batch-size', type=int, help='global batch size'); p.add_argument('--recipe', choices=sorted(RECIPES))
-    p.add_argument('--cutmix', action='store_true'); p.add_argument('--mixup', action='store_true')
-    p.add_argument('--loss', choices=LOSSES, help='ce, or the long-tail baselines cmo / drw / cmo-drw')
+    for k, kw in CLASSIFIER_OPTIONS.items():   # unset flags stay None: the preset's value applies
+        p.add_argument('--' + k.replace('_', '-'), dest=k, default=None, **kw)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    p.add_argument('--selection', choices=SELECTIONS, help='val (default), last, or oracle-test (the references\' inflated protocol)')
-    p.add_argument('--test-limit', type=int, help='evaluate a stratified test subset of this size (CI only)')
     p.add_argument('--groups', help='CSV/JSON mapping test item id -> group, for per-group accuracy')
-    p.add_argument('--group-column', default='group'); p.add_argument('--num-workers', type=int)
+    p.add_argument('--group-column', default='group')
     p.add_argument('--out', help='output folder (default runs/train/<split>-<mode>-<key>)')
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.set_defaults(func=cli_train)
 
 def _cfg_from_args(args) -> dict:
-    m = dict(mode='mode', p='p', backbone='backbone', img_size='img_size', epochs='epochs', lr='lr', batch_size='batch_size',
-             recipe='recipe', loss='loss', selection='selection', test_limit='test_limit', num_workers='num_workers')
-    cfg = {k: getattr(args, a) for k, a in m.items() if getattr(args, a, None) is not None}
-    if args.cutmix: cfg['cutmix'] = True
-    if args.mixup: cfg['mixup'] = True
-    if args.pretrained: cfg['pretrained'] = True if args.pretrained == 'hub' else args.pretrained
-    return cfg
+    "The config overrides a command line sets: each `CLASSIFIER_OPTIONS` flag that was given."
+    return {k: getattr(args, k) for k in CLASSIFIER_OPTIONS if getattr(args, k, None) is not None}
 
 def cli_train(args) -> int:
     "Handler of `diffmix train`."
     try:
-        split = Split.load(args.split); cfg = _cfg_from_args(args)
+        cfg = _cfg_from_args(args)
         groups = load_groups(args.groups, args.group_column) if args.groups else None
-        rows = read_manifest(args.manifest, verify=classifier_config(split, cfg, args.preset)['verify_manifest']) if args.manifest else ManifestRows()
-        use = resolve_classifier_use(split, rows, cfg.get('mode'), cfg.get('p'))
+        split, _, rows, use = resolve_run(args.split, args.manifest, cfg, args.preset)
         if not args.json: print(f"classifier use: mode {use['mode']}, p {use['p']:g} ({use['source']})", flush=True)
         out = args.out or Path('runs/train')/safe_name(f"{Path(args.split).stem}-{use['mode']}-"
                                                    f"{derive_seed(json.dumps(cfg, sort_keys=True), args.manifest, args.preset):08x}")
@@ -1195,11 +1304,3 @@ def cli_train(args) -> int:
     if args.json: print(json.dumps(_clean({k: v for k, v in res.items() if k != 'runs'} | {'out': str(out)}), indent=1))
     else: print(results_table({res['name']: res})); print(f"results: {out}/summary.json")
     return 0
-
-def main(argv: Sequence[str]|None=None) -> int:
-    "`python -m diffmix_nb.classify train ...` (and `accelerate launch -m diffmix_nb.classify train ...`)."
-    ap = argparse.ArgumentParser('diffmix'); sub = ap.add_subparsers(dest='command', required=True)
-    cli_register(sub); args = ap.parse_args(argv); return args.func(args)
-
-# %% ../nbs/40_classify.ipynb #38062d73
-if __name__ == '__main__' and Path(globals().get('__file__', '')).stem == 'classify': sys.exit(main())

@@ -13,7 +13,8 @@ import diffmix_nb.classify as classify
 from diffmix_nb.classify import (smooth_targets, soft_cross_entropy, cutmix, mixup, cmo_paste, class_balanced_weights, LR_TABLE,
                                  default_lr, read_manifest, soft_target, SyntheticMixDataset, build_backbone, save_backbone,
                                  load_backbone_weights, train_classifier, NonFiniteLossError, run_seeds, results_table,
-                                 plot_curves, loader_throughput, accuracy_report, load_groups, cli_register, main)
+                                 plot_curves, loader_throughput, accuracy_report, load_groups, cli_register)
+from diffmix_nb.cli import main          # the one entry point (classify has no main of its own)
 from diffmix_nb.data import load_dataset_spec, make_split
 from diffmix_nb import data as dm_data
 
@@ -329,7 +330,7 @@ def test_accelerate_launch_two_cpu_processes(split, tmp_path):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     t = time.time()
     p = subprocess.run([str(accel), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
-                        '--dynamo_backend', 'no', '--main_process_port', str(port), '-m', 'diffmix_nb.classify', 'train',
+                        '--dynamo_backend', 'no', '--main_process_port', str(port), '-m', 'diffmix_nb.cli', 'train',
                         '--split', split.path, '--epochs', '2', '--batch-size', '10', '--seeds', '0', '--test-limit', '100',
                         '--out', str(tmp_path/'ddp'), '--json'], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

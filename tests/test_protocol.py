@@ -12,9 +12,10 @@ from PIL import Image
 
 import diffmix_nb.classify as classify
 from diffmix_nb.classify import (resolve_classifier_use, manifest_methods, train_classifier, classifier_config, cutmix, mixup,
-                                 smooth_targets, soft_cross_entropy, class_balanced_weights, cmo_window, drw_start_epoch, main,
+                                 smooth_targets, soft_cross_entropy, class_balanced_weights, cmo_window, drw_start_epoch,
                                  build_backbone, torchvision_vit_to_timm, SWAG_VIT, default_batch_size, weights_source)
-from diffmix_nb.classify import classifier_use, register_classifier_use, CLASSIFIER_USES
+from diffmix_nb.cli import main          # the one entry point (classify has no main of its own)
+from diffmix_nb.classify import classifier_use, register_classifier_use, CLASSIFIER_USES   # the registry lives in classify
 from diffmix_nb.data import load_dataset_spec, make_split, longtail_counts, Split, read_manifest
 
 TINY = dict(epochs=1, batch_size=10, test_limit=100)
