@@ -1265,7 +1265,7 @@ def loader_throughput(split: Split|str|Path, manifests=(), mode: str='uniform', 
                       f"{out['train_images_per_s'] or 0:.0f} images/s")
     return out
 
-# %% ../nbs/40_classify.ipynb #550262bf
+# %% ../nbs/40_classify.ipynb #42fe0ea7
 def cli_register(sub) -> None:
     "Add `diffmix train` to an argparse subparsers object (its config flags from `CLASSIFIER_OPTIONS`)."
     p = sub.add_parser('train', help='train and evaluate a classifier on a split file (+ synthetic manifests)',
@@ -1288,18 +1288,15 @@ def _cfg_from_args(args) -> dict:
     return {k: getattr(args, k) for k in CLASSIFIER_OPTIONS if getattr(args, k, None) is not None}
 
 def cli_train(args) -> int:
-    "Handler of `diffmix train`."
-    try:
-        cfg = _cfg_from_args(args)
-        groups = load_groups(args.groups, args.group_column) if args.groups else None
-        split, _, rows, use = resolve_run(args.split, args.manifest, cfg, args.preset)
-        if not args.json: print(f"classifier use: mode {use['mode']}, p {use['p']:g} ({use['source']})", flush=True)
-        out = args.out or Path('runs/train')/safe_name(f"{Path(args.split).stem}-{use['mode']}-"
-                                                   f"{derive_seed(json.dumps(cfg, sort_keys=True), args.manifest, args.preset):08x}")
-        res = run_seeds(split, rows, cfg, seeds=args.seeds, out_dir=out, preset=args.preset, groups=groups,
-                        progress=not args.json)
-    except NonFiniteLossError as e: print(f"error: {e}", file=sys.stderr); return 3
-    except (FileNotFoundError, ValueError, KeyError, TestSplitLeakError) as e: print(f"error: {e}", file=sys.stderr); return 2
+    "Handler of `diffmix train` (errors propagate: the `diffmix` entry point turns them into exit codes)."
+    cfg = _cfg_from_args(args)
+    groups = load_groups(args.groups, args.group_column) if args.groups else None
+    split, _, rows, use = resolve_run(args.split, args.manifest, cfg, args.preset)
+    if not args.json: print(f"classifier use: mode {use['mode']}, p {use['p']:g} ({use['source']})", flush=True)
+    out = args.out or Path('runs/train')/safe_name(f"{Path(args.split).stem}-{use['mode']}-"
+                                               f"{derive_seed(json.dumps(cfg, sort_keys=True), args.manifest, args.preset):08x}")
+    res = run_seeds(split, rows, cfg, seeds=args.seeds, out_dir=out, preset=args.preset, groups=groups,
+                    progress=not args.json)
     if int(os.environ.get('RANK', '0')) != 0: return 0      # under DDP only the main process prints
     if args.json: print(json.dumps(_clean({k: v for k, v in res.items() if k != 'runs'} | {'out': str(out)}), indent=1))
     else: print(results_table({res['name']: res})); print(f"results: {out}/summary.json")

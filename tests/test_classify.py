@@ -317,8 +317,8 @@ def test_cli(split, mixed, tmp_path, capsys):
     assert out['mode'] == 'same-class' and out['p'] == 0.4 and out['selection'] == 'last'
     cfg = json.loads((tmp_path/'o'/'seed0'/'results.json').read_text())['config']
     assert cfg['loss'] == 'drw' and cfg['cutmix'] is True and cfg['epochs'] == 1
-    assert main(['train', '--split', str(tmp_path/'none.json')]) == 2
-    assert main(['train', '--split', split.path, '--manifest', str(tmp_path/'nowhere'), '--seeds', '0']) == 2
+    assert main(['train', '--split', str(tmp_path/'none.json')]) == 3
+    assert main(['train', '--split', split.path, '--manifest', str(tmp_path/'nowhere'), '--seeds', '0']) == 3
 
 
 def test_accelerate_launch_two_cpu_processes(split, tmp_path):

@@ -75,7 +75,7 @@ def test_train_cli_uses_diff_ii_protocol_and_says_so(split, tmp_path, capsys):
 
 def test_mixing_methods_needs_explicit_mode(split, tmp_path, capsys):
     a, b = write_gen(tmp_path/'a', split, 'diff-ii'), write_gen(tmp_path/'b', split, 'diff-mix', n_per_class=1)
-    assert main(['train', '--split', split.path, '--manifest', str(a), '--manifest', str(b), '--seeds', '0']) == 2
+    assert main(['train', '--split', split.path, '--manifest', str(a), '--manifest', str(b), '--seeds', '0']) == 3
     err = capsys.readouterr().err
     assert "'diff-ii'" in err and "'diff-mix'" in err and '--mode' in err
     rows = read_manifest([a, b])
