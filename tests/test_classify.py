@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import diffmix_nb.classify as classify
+from diffmix_nb.core import load_checkpoint
+from diffmix_nb.data import read_manifest
 from diffmix_nb.classify import (smooth_targets, soft_cross_entropy, cutmix, mixup, cmo_paste, class_balanced_weights, LR_TABLE,
-                                 default_lr, read_manifest, soft_target, SyntheticMixDataset, build_backbone, save_backbone,
+                                 default_lr, soft_target, SyntheticMixDataset, build_backbone, save_backbone,
                                  load_backbone_weights, train_classifier, NonFiniteLossError, run_seeds, results_table,
                                  plot_curves, loader_throughput, accuracy_report, load_groups, cli_register)
 from diffmix_nb.cli import main          # the one entry point (classify has no main of its own)
@@ -246,8 +248,8 @@ def test_nan_loss_stops_and_keeps_checkpoint(split, tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match='last good checkpoint') as e:
         train_classifier(split, cfg=dict(epochs=4, batch_size=10, test_limit=100), out_dir=tmp_path, progress=False)
     assert 'epoch 2' in str(e.value)
-    assert classify._load_ckpt(tmp_path/'last.safetensors')['epoch'] == 1
-    assert classify._load_ckpt(tmp_path/'last.safetensors')['optimizer'] is not None   # a run that can go on keeps its optimizer
+    assert load_checkpoint(tmp_path/'last.safetensors')['epoch'] == 1
+    assert load_checkpoint(tmp_path/'last.safetensors')['optimizer'] is not None   # a run that can go on keeps its optimizer
     assert json.loads((tmp_path/'results.json').read_text())['status'] == 'diverged'
 
 
@@ -355,7 +357,7 @@ def test_checkpoint_resume_is_bit_identical_and_old_format_resumes(split, tmp_pa
     assert full['curves']['train_loss'] == res['curves']['train_loss'] and full['test_acc'] == res['test_acc']
     # an old-format folder: the same stopped run written as last.pt / best.pt (torch.save of plain tensors and numbers)
     train_classifier(split, cfg=cfg, out_dir=tmp_path/'c', seed=2, stop_after=1, progress=False)
-    ck = classify._load_ckpt(tmp_path/'c'/'last.safetensors'); bk = classify._load_ckpt(tmp_path/'c'/'best.safetensors')
+    ck = load_checkpoint(tmp_path/'c'/'last.safetensors'); bk = load_checkpoint(tmp_path/'c'/'best.safetensors')
     torch.save(ck, tmp_path/'c'/'last.pt'); torch.save(bk, tmp_path/'c'/'best.pt')
     for n in ('last.safetensors', 'last.optim.safetensors', 'best.safetensors'): (tmp_path/'c'/n).unlink()
     with pytest.warns(UserWarning, match='old-format'):

@@ -217,8 +217,8 @@ def test_classifier_checkpoints_are_batched(monkeypatch, tmp_path):
     from diffmix_nb.data import load_dataset_spec, make_split
     sp = make_split(load_dataset_spec('fashion_mnist'), shots=2, seed=0, val_per_class=2)
     writes = []
-    real = classify._save_ckpt
-    monkeypatch.setattr(classify, '_save_ckpt', lambda obj, path: (writes.append((Path(path).name, obj['epoch'])), real(obj, path))[1])
+    real = classify.save_checkpoint
+    monkeypatch.setattr(classify, 'save_checkpoint', lambda obj, path: (writes.append((Path(path).name, obj['epoch'])), real(obj, path))[1])
     monkeypatch.setattr(classify, 'CHECKPOINT_SECONDS', 1e9)
     cfg = dict(epochs=4, batch_size=10, test_limit=50)
     part = classify.train_classifier(sp, cfg=cfg, out_dir=tmp_path, stop_after=2, progress=False)
