@@ -12,7 +12,7 @@ for _lib in (diffusers, transformers): _lib.utils.logging.disable_progress_bar()
 
 from diffusers import StableDiffusionImg2ImgPipeline
 from safetensors.torch import load_file
-from diffmix_nb.core import load_json, safe_name
+from diffmix_nb.core import load_json, safe_name, load_checkpoint
 from diffmix_nb.data import ClassInfo, Item, Split
 from diffmix_nb import data as dm
 from diffmix_nb.tiny import save_tiny_sd, build_tiny_sd
@@ -125,7 +125,7 @@ def test_resume_matches_uninterrupted_run(world):
         if step == 4: raise RuntimeError('simulated kill at step 4')
     with pytest.raises(RuntimeError, match='simulated kill'): learn_concepts(sp, world['d']/'res', callback=crash, **kw)
     assert not (world['d']/'res'/CONCEPTS_JSON).exists()
-    assert torch.load(world['d']/'res'/'checkpoint'/'state.pt', weights_only=True)['step'] == 3
+    assert load_checkpoint(world['d']/'res'/'checkpoint'/'state.safetensors')['step'] == 3   # safetensors, no pickle
     res = learn_concepts(sp, world['d']/'res', **kw)
     a, b = Concepts.load(full), Concepts.load(res)
     for t, e in a.embeddings().items(): torch.testing.assert_close(e, b.embeddings()[t], atol=1e-6, rtol=0)
