@@ -7,7 +7,7 @@ Docs: https://diffmix-nb.github.io/diffmix_nb/classify.html.md"""
 
 # %% ../nbs/40_classify.ipynb #00ecff41
 from __future__ import annotations
-import argparse, contextlib, copy, csv, io, json, math, os, random, sys, time, warnings
+import argparse, copy, csv, io, json, math, os, random, sys, time, warnings
 from dataclasses import dataclass, field
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -21,8 +21,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 import torchvision.transforms as T
 
-from .core import (load_method_plugins, accelerator, versions, save_checkpoint, load_checkpoint, TINY_BACKBONES, get_preset, _merge, seed_everything, derive_seed, save_json, load_json, atomic_write,
-                             file_sha1, safe_name, set_determinism)
+from .core import (load_method_plugins, accelerator, versions, save_checkpoint, load_checkpoint, TINY_BACKBONES,
+                             get_preset, _merge, seed_everything, derive_seed, save_json, load_json, atomic_write, safe_name,
+                             set_determinism)
 from .data import (Split, Item, guard_trainable, load_image, BadImageError, TestSplitLeakError, ManifestRows, read_manifest,
                              check_manifest_split)
 

@@ -21,7 +21,7 @@ from PIL import Image
 from .core import (load_method_plugins, get_preset, derive_seed, atomic_write, save_json, load_json, default_device, resolve_dtype,
                              TINY_SD, set_determinism, check_options)
 from .data import Split, Item, MANIFEST_FIELDS, Manifest
-from .classify import MODES, default_p, register_classifier_use, classifier_use
+from .classify import register_classifier_use, classifier_use
 from .models import prompt_embeds
 from .runtime import oom_backoff
 
