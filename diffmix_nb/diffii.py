@@ -295,7 +295,7 @@ def diffii_generate(pipe, latents: torch.Tensor, # (B, C, h, w) start points fro
                            s, num_inference_steps, guidance_scale, progress)
     return decode_latents(p.vae, x0)
 
-# %% ../nbs/31_diffii.ipynb #51eb516f
+# %% ../nbs/31_diffii.ipynb #5b0f3e28
 DIFFII_OPTIONS = dict(
     s='suffix fraction in [0, 1] (default: `diffii_suffix_fraction(split)`)',
     suffixes='scene-suffix file or folder of `{superclass}.txt` (default: the shipped ones)',
