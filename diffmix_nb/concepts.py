@@ -601,7 +601,7 @@ def save_concepts(trainer: ConceptTrainer, # a trained (or untrained: steps 0) t
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-# %% ../nbs/20_concepts.ipynb #8090b260
+# %% ../nbs/20_concepts.ipynb #1fb3fd07
 class ConceptsError(ValueError): "A pipeline or concepts folder that does not match the learned concepts."
 
 @dataclass
@@ -704,7 +704,7 @@ class Concepts:
             p = self.prompt(c.label, suffix)
             conv = pipe.maybe_convert_prompt(p, tok) if hasattr(pipe, 'maybe_convert_prompt') else self.expand(p)
             ids = tok(conv, truncation=True, max_length=tok.model_max_length).input_ids
-            words = [w for w in ([c.superclass] + ([] if c.token else [prompt_name(c.name)])) if w]
+            words = [w for w in (([c.superclass] if self.info.get('superclass_in_prompt', True) else []) + ([] if c.token else [prompt_name(c.name)])) if w]
             for w in words:
                 if not contains(ids, tok(w, add_special_tokens=False).input_ids): problems.append(f"{w!r} does not reach the tokens of prompt {p!r}")
             for j, t in enumerate(c.tokens):

@@ -152,6 +152,9 @@ def test_dafusion_concepts_recipe_and_prompt(tmp_path, split):
         warnings.simplefilter('error')
         plan = make_plan(split, 'da-fusion', concepts=d, num_variants=1)
     assert plan.tasks[0].prompt == f'a photo of a <class_{plan.tasks[0].target_label}>'
+    # the prompt has no superclass word, so the pipeline check must not ask for one (it once did: DA-Fusion could not generate)
+    pipe = cp.load_pipeline(device='cpu')
+    assert cp.check(pipe) == dict(mode='da-fusion', classes=10, tokens=40, lora=False)
 
 
 # ---------------------------------------------------------------- 5. baselines: the values, not only finiteness
