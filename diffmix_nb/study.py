@@ -207,7 +207,7 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #d899fc0c
+# %% ../nbs/50_study.ipynb #ff0b3d9d
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
@@ -374,22 +374,26 @@ def budget_text(est: dict) -> str:
     lines.append(f"{'total':<11}{est['jobs']:5d} jobs            = {est['hours']:5.2f} h" + (f"  (not measured: {est['unmeasured_kinds']})" if est['unmeasured_kinds'] else ''))
     return '\n'.join(lines)
 
-# %% ../nbs/50_study.ipynb #7d0410d8
-def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None) -> dict:
-    "Oracle faithfulness and diversity of a generation folder's manifest (intended class: the soft label's argmax)."
+# %% ../nbs/50_study.ipynb #eb095a8b
+def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None,
+                   intended: str='label', # 'label': the soft label's argmax; 'target': the class translated into (`target_label`)
+                  ) -> dict:
+    "Oracle faithfulness and diversity of a generation folder's manifest."
+    if intended not in ('label', 'target'): raise ValueError(f"intended={intended!r}: use 'label' or 'target'")
     from diffmix_nb.data import read_manifest
     rows = read_manifest(manifest)
     rows = rows[:limit] if limit else rows
     base = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
     ims = [Image.open(base/r['path']).convert('L') for r in rows]
-    intended = [int(max(r['soft_label'].items(), key=lambda kv: kv[1])[0]) for r in rows]
-    res = score_images(ims, intended, oracle)
+    if intended == 'target' and any(r.get('target_label') is None for r in rows): raise ValueError(f"{manifest}: rows without target_label cannot be scored by target")
+    want = [int(r['target_label']) if intended == 'target' else int(max(r['soft_label'].items(), key=lambda kv: kv[1])[0]) for r in rows]
+    res = score_images(ims, want, oracle)
     res['strength'] = float(np.mean([r['strength'] for r in rows if r.get('strength') is not None])) if any(r.get('strength') is not None for r in rows) else None
     return res
 
 def strength_sweep(out_dir: str|Path='runs/bench', setting: str='5shot', strengths=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
                    methods=('diff-mix', 'real-mix'), multiplier: float=1, preset: str='tiny', oracle=None, split_seed: int=0) -> list[dict]:
-    "Faithfulness and diversity of Diff-Mix (fine-tuned) and Real-Mix (base model) translations as the strength grows."
+    "Faithfulness to the target class and diversity of Diff-Mix (fine-tuned) and Real-Mix (base model) translations as the strength grows."
     from diffmix_nb.generate import generate, final_manifest
     from diffmix_nb.data import Split
     d = Path(out_dir)/setting/f'split{split_seed}'; split = Split.load(d/'split.json'); oracle = oracle or load_oracle(); rows = []
@@ -398,7 +402,7 @@ def strength_sweep(out_dir: str|Path='runs/bench', setting: str='5shot', strengt
             g = d/'sweep'/f'{m}-s{s}'
             generate(g, split=split, method=m, concepts=None if m.startswith('real-') else d/'concepts-ti+lora', preset=preset,
                      multiplier=multiplier, strength=float(s), seed=split_seed)
-            rows.append({**score_manifest(final_manifest(g), oracle), 'method': m, 'strength': s})
+            rows.append({**score_manifest(final_manifest(g), oracle, intended='target'), 'method': m, 'strength': s})
     save_json(rows, Path(out_dir)/setting/'sweep.json'); return rows
 
 RUN_METRICS = ('test_acc', 'test_acc_last', 'val_acc', 'many', 'medium', 'few')

@@ -70,3 +70,20 @@ def test_cli_estimate(tmp_path, capsys):
     assert main(['bench', '--out', str(tmp_path), '--estimate']) == 0
     out = capsys.readouterr().out
     assert 'classifier' in out and 'total' in out and ' h' in out
+
+
+def test_score_manifest_by_label_or_by_target(tmp_path):
+    "The sweep scores against the class translated into; the study against the soft label's argmax."
+    from PIL import Image
+    from diffmix_nb.study import load_oracle, oracle_predict, score_manifest, to_oracle_input
+    rng = np.random.default_rng(0); oracle = load_oracle(); rows = []
+    ims = [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)) for _ in range(4)]
+    pred = oracle_predict(oracle, to_oracle_input(ims)).argmax(1).tolist()
+    (tmp_path/'images').mkdir()
+    for i, (im, p) in enumerate(zip(ims, pred)):
+        im.save(tmp_path/'images'/f'{i}.png'); src = (p + 1) % 10      # low strength: the label still leans to the source
+        rows.append(dict(id=str(i), path=f'images/{i}.png', source_label=src, target_label=p, strength=0.1, soft_label={str(src): 0.7, str(p): 0.3}))
+    (tmp_path/'manifest.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    assert score_manifest(tmp_path/'manifest.jsonl', oracle, intended='target')['faithfulness'] == 1.0
+    assert score_manifest(tmp_path/'manifest.jsonl', oracle)['faithfulness'] == 0.0
+    with pytest.raises(ValueError, match='intended'): score_manifest(tmp_path/'manifest.jsonl', oracle, intended='source')
