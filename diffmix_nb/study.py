@@ -207,7 +207,7 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #ff0b3d9d
+# %% ../nbs/50_study.ipynb #8b6aa416
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
@@ -288,6 +288,7 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
           settings=SETTINGS, methods=None, seeds=(0, 1, 2), split_seeds=(0, 1, 2), preset: str='tiny',
           finetune_steps: int|None=None, multiplier: float|None=None, epochs: int|None=None, test_limit: int|None=None,
           classifier: dict|None=None, # extra classifier options for every run (e.g. another backbone or size)
+          keep_weights: bool=False, # keep each classifier's best/last weights (about 90 MB a run with ResNet-18; the study reads only results.json)
           progress: bool=False, log=print) -> list[dict]:
     "Run (or resume) the study design job by job; returns the job log of this call (id, seconds, whether it ran)."
     from diffmix_nb.concepts import learn_concepts
@@ -325,6 +326,8 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
                 cfg = {**_clf_cfg(m, job['setting'], split, epochs, test_limit), **(classifier or {})}
                 r = train_classifier(split, manifests, cfg, out_dir=rd, seed=job['seed'], preset=preset, progress=progress)
                 ran = not (prev.get('status') == 'finished' and prev.get('run_key') == r['run_key'])
+                if not keep_weights and r.get('status') == 'finished':   # a finished run resumes from results.json alone
+                    for f in ('best.safetensors', 'last.safetensors'): (rd/f).unlink(missing_ok=True)
         sec = time.perf_counter() - t0
         row = dict(id=jid, kind=job['kind'], setting=job['setting'], seconds=round(sec, 2), ran=ran,
                    finished=time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime()))
@@ -748,7 +751,7 @@ def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/resul
     study = collect_study(out_dir, design=design); save_json(study, Path(report_dir)/'tiny_study.json')
     return render_report(study, report_dir, images_dir)
 
-# %% ../nbs/50_study.ipynb #65647c2f
+# %% ../nbs/50_study.ipynb #28f8ae5d
 def _cli_demo(args) -> int:
     demo(args.out, shots=args.shots, seed=args.seed, root=args.root, finetune_steps=args.finetune_steps, multiplier=args.multiplier,
          epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
@@ -770,7 +773,8 @@ def _cli_bench(args) -> int:
         print(f"{name} design: {len(plan_jobs(**design))} jobs "
               f"({len(design['settings'])} setting(s) x {len(design['split_seeds'])} split seeds x {len(design['seeds'])} classifier seeds)")
         bench(args.out, **design, finetune_steps=args.finetune_steps, multiplier=args.multiplier, epochs=args.epochs,
-              test_limit=args.test_limit, classifier=TINY_BACKBONES[args.backbone] if args.backbone else None, progress=not args.quiet)
+              test_limit=args.test_limit, classifier=TINY_BACKBONES[args.backbone] if args.backbone else None, keep_weights=args.keep_weights,
+              progress=not args.quiet)
         if args.sweep: strength_sweep(args.out)
         try: print(f"estimate for the full design at these job times:\n{budget_text(estimate_budget(args.out))}")
         except ValueError: pass
@@ -801,4 +805,5 @@ def cli_register(sub):
     b.add_argument('--estimate', action='store_true', help="print the full design's time from the job times measured in --out, run nothing")
     b.add_argument('--report', default=None, help='write tiny_study.json/.md here'); b.add_argument('--images', default=None)
     b.add_argument('--from-json', default=None, help='re-render the report and figures from a committed tiny_study.json')
+    b.add_argument('--keep-weights', action='store_true', help='keep every classifier\'s weights (about 90 MB a run); by default only results.json stays')
     b.add_argument('--report-only', action='store_true'); b.add_argument('--quiet', action='store_true'); b.set_defaults(func=_cli_bench)
