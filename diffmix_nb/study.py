@@ -25,10 +25,10 @@ __all__ = ['ORACLE_PATH', 'STUDY_METHODS', 'SETTINGS', 'QUICK_METHODS', 'DESIGNS
            'PUBLISHED_5SHOT', 'OracleNet', 'to_oracle_input', 'train_oracle', 'oracle_predict', 'load_oracle',
            'vendi_score', 'score_images', 'StageTimer', 'tiny_split', 'translation_grid', 'save_grid_figure', 'demo',
            'hard_label_rows', 'plan_jobs', 'job_id', 'bench', 'estimate_budget', 'budget_text', 'score_manifest',
-           'strength_sweep', 'collect_study', 'study_runs', 'paired_differences', 'bootstrap_ci', 'compare', 'verdict',
-           'differences_table', 'claims_table', 'ranking_agreement', 'study_table', 'longtail_table', 'plot_study',
-           'plot_forest', 'plot_tradeoff', 'half_width_summary', 'study_reading', 'render_report', 'write_report',
-           'cli_register']
+           'score_folder', 'strength_sweep', 'collect_study', 'study_runs', 'paired_differences', 'bootstrap_ci',
+           'compare', 'verdict', 'differences_table', 'claims_table', 'ranking_agreement', 'study_table',
+           'longtail_table', 'plot_study', 'plot_forest', 'plot_tradeoff', 'half_width_summary', 'study_reading',
+           'render_report', 'write_report', 'cli_register']
 
 # %% ../nbs/50_study.ipynb #e65a1378
 ORACLE_PATH = ASSETS_DIR/'fmnist-oracle.safetensors'
@@ -377,22 +377,40 @@ def budget_text(est: dict) -> str:
     lines.append(f"{'total':<11}{est['jobs']:5d} jobs            = {est['hours']:5.2f} h" + (f"  (not measured: {est['unmeasured_kinds']})" if est['unmeasured_kinds'] else ''))
     return '\n'.join(lines)
 
-# %% ../nbs/50_study.ipynb #eb095a8b
+# %% ../nbs/50_study.ipynb #64dbebfe
 def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None,
                    intended: str='label', # 'label': the soft label's argmax; 'target': the class translated into (`target_label`)
                   ) -> dict:
     "Oracle faithfulness and diversity of a generation folder's manifest."
     if intended not in ('label', 'target'): raise ValueError(f"intended={intended!r}: use 'label' or 'target'")
     from diffmix_nb.data import read_manifest
-    rows = read_manifest(manifest)
-    rows = rows[:limit] if limit else rows
-    base = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-    ims = [Image.open(base/r['path']).convert('L') for r in rows]
+    mr = read_manifest(manifest)          # unreadable rows are skipped with a warning, as in training
+    if not len(mr): raise FileNotFoundError(f"{manifest}: no readable image to score ({len(mr.skipped)} row(s) skipped"
+                                            + (f", e.g. {mr.skipped[0][0]}: {mr.skipped[0][1]})" if mr.skipped else ')'))
+    rows = mr[:limit] if limit else mr
+    ims = [Image.open(r['file']).convert('L') for r in rows]
     if intended == 'target' and any(r.get('target_label') is None for r in rows): raise ValueError(f"{manifest}: rows without target_label cannot be scored by target")
     want = [int(r['target_label']) if intended == 'target' else int(max(r['soft_label'].items(), key=lambda kv: kv[1])[0]) for r in rows]
     res = score_images(ims, want, oracle)
     res['strength'] = float(np.mean([r['strength'] for r in rows if r.get('strength') is not None])) if any(r.get('strength') is not None for r in rows) else None
     return res
+
+def _oracle_id(oracle: OracleNet) -> str:
+    import hashlib
+    h = hashlib.sha1()
+    for k, v in sorted(oracle.state_dict().items()): h.update(k.encode()); h.update(v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def score_folder(folder, oracle: OracleNet|None=None) -> dict:
+    "`score_manifest` of a generation folder's final manifest, cached in `scores.json` beside it (keyed on the manifest's and the oracle's hashes)."
+    from diffmix_nb.generate import final_manifest
+    from diffmix_nb.core import file_sha1
+    f = final_manifest(folder); oracle = oracle or load_oracle(); cache = Path(folder)/'scores.json'
+    key = dict(manifest=f.name, manifest_sha1=file_sha1(f), oracle=_oracle_id(oracle), intended='label')
+    if cache.exists():
+        c = load_json(cache)
+        if all(c.get(k) == v for k, v in key.items()): return c['scores']
+    scores = score_manifest(f, oracle); save_json({**key, 'scores': scores}, cache); return scores
 
 def strength_sweep(out_dir: str|Path='runs/bench', setting: str='5shot', strengths=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
                    methods=('diff-mix', 'real-mix'), multiplier: float=1, preset: str='tiny', oracle=None, split_seed: int=0) -> list[dict]:
@@ -431,7 +449,7 @@ def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None
                     runs.append(dict(method=m, split_seed=k, seed=r['seed'], **{x: r.get(x, (r.get('test') or {}).get(x)) for x in RUN_METRICS}))
                 g = d/'gen'/_gen_dir(m) if STUDY_METHODS[m]['gen'] else None
                 if g is not None and (g/'manifest.jsonl').exists() and STUDY_METHODS[m].get('labels') != 'hard':
-                    synth.setdefault(m, {})[k] = score_manifest(final_manifest(g), oracle)
+                    synth.setdefault(m, {})[k] = score_folder(g, oracle)   # cached: a carried bench needs manifests and scores, not images
             its = split.train_items
             ref[k] = score_images([split.load_image(it) for it in its], [it.label for it in its], oracle)
         if not runs and not synth: continue

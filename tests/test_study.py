@@ -87,3 +87,20 @@ def test_score_manifest_by_label_or_by_target(tmp_path):
     assert score_manifest(tmp_path/'manifest.jsonl', oracle, intended='target')['faithfulness'] == 1.0
     assert score_manifest(tmp_path/'manifest.jsonl', oracle)['faithfulness'] == 0.0
     with pytest.raises(ValueError, match='intended'): score_manifest(tmp_path/'manifest.jsonl', oracle, intended='source')
+
+
+def test_score_folder_caches_beside_the_manifest(tmp_path):
+    "A carried bench keeps manifests and scores.json, not images: the cache answers while the manifest is unchanged."
+    from PIL import Image
+    from diffmix_nb.study import load_oracle, score_folder
+    rng = np.random.default_rng(0); oracle = load_oracle(); (tmp_path/'images').mkdir(); rows = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(tmp_path/'images'/f'{i}.png')
+        rows.append(dict(id=str(i), path=f'images/{i}.png', source_label=0, target_label=1, soft_label={'1': 1.0}))
+    (tmp_path/'manifest.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    first = score_folder(tmp_path, oracle)
+    assert json.loads((tmp_path/'scores.json').read_text())['scores'] == first
+    for f in (tmp_path/'images').iterdir(): f.unlink()
+    assert score_folder(tmp_path, oracle) == first                       # no image read
+    (tmp_path/'manifest.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows[:2]))
+    with pytest.raises(FileNotFoundError): score_folder(tmp_path, oracle)  # a changed manifest is scored again, never served stale
