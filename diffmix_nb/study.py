@@ -207,7 +207,7 @@ def demo(out_dir: str|Path='runs/demo', # everything is written (and resumed) he
     print(f"  translations: {fig}\n" + T.table())
     return res
 
-# %% ../nbs/50_study.ipynb #8b6aa416
+# %% ../nbs/50_study.ipynb #b07009fb
 STUDY_METHODS: dict[str, dict] = {
     'original':      dict(gen=None, clf=dict(mode='none')),
     'cutmix':        dict(gen=None, clf=dict(mode='none', cutmix=True)),
@@ -289,6 +289,7 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
           finetune_steps: int|None=None, multiplier: float|None=None, epochs: int|None=None, test_limit: int|None=None,
           classifier: dict|None=None, # extra classifier options for every run (e.g. another backbone or size)
           keep_weights: bool=False, # keep each classifier's best/last weights (about 90 MB a run with ResNet-18; the study reads only results.json)
+          workers: int=1, # run this many (setting, split seed) units at once, each in its own process with cores/workers threads
           progress: bool=False, log=print) -> list[dict]:
     "Run (or resume) the study design job by job; returns the job log of this call (id, seconds, whether it ran)."
     from diffmix_nb.concepts import learn_concepts
@@ -296,6 +297,10 @@ def bench(out_dir: str|Path='runs/bench', # jobs write here and resume
     from diffmix_nb.classify import train_classifier
     from diffmix_nb.data import Split
     out = Path(out_dir); jobs = plan_jobs(settings, methods, split_seeds, seeds)
+    if workers > 1:
+        kw = dict(out_dir=out, methods=methods, seeds=seeds, preset=preset, finetune_steps=finetune_steps, multiplier=multiplier,
+                  epochs=epochs, test_limit=test_limit, classifier=classifier, keep_weights=keep_weights)
+        return _bench_parallel(jobs, kw, workers, log)
     n, t_all, done_log, spent = len(jobs), time.perf_counter(), [], {}
     splits = {}
     for i, job in enumerate(jobs):
@@ -769,7 +774,29 @@ def write_report(out_dir: str|Path='runs/bench', report_dir: str|Path='nbs/resul
     study = collect_study(out_dir, design=design); save_json(study, Path(report_dir)/'tiny_study.json')
     return render_report(study, report_dir, images_dir)
 
-# %% ../nbs/50_study.ipynb #28f8ae5d
+# %% ../nbs/50_study.ipynb #dfae61f1
+def _bench_unit(kw: dict, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    return bench(**kw)
+
+def _bench_parallel(jobs: list[dict], kw: dict, workers: int, log=print) -> list[dict]:
+    "Run each (setting, split seed) unit of `jobs` in a worker process; a failed unit is reported and the others go on."
+    import concurrent.futures as cf, multiprocessing as mp
+    units = list(dict.fromkeys((j['setting'], j['split_seed']) for j in jobs))
+    workers = min(workers, len(units)); threads = max(1, (os.cpu_count() or 1) // workers); done_log, failed = [], []
+    log(f"{len(units)} unit(s) on {workers} worker processes, {threads} thread(s) each")
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
+        futs = {ex.submit(_bench_unit, {**kw, 'settings': (s,), 'split_seeds': (k,)}, threads): (s, k) for s, k in units}
+        for f in cf.as_completed(futs):
+            s, k = futs[f]
+            try: rows = f.result()
+            except Exception as e: failed.append(f"{s}/split{k}: {type(e).__name__}: {e}"); log(f"{s}/split{k} FAILED: {e}"); continue
+            done_log += rows
+            log(f"{s}/split{k} done: {sum(r['ran'] for r in rows)} of {len(rows)} jobs ran, {sum(r['seconds'] for r in rows) / 60:.1f} min")
+    if failed: raise RuntimeError(f"{len(failed)} of {len(units)} unit(s) failed (finished jobs are kept; run again to resume):\n  " + '\n  '.join(failed))
+    return done_log
+
+# %% ../nbs/50_study.ipynb #de1201b7
 def _cli_demo(args) -> int:
     demo(args.out, shots=args.shots, seed=args.seed, root=args.root, finetune_steps=args.finetune_steps, multiplier=args.multiplier,
          epochs=args.epochs, test_limit=args.test_limit, progress=not args.quiet)
@@ -785,14 +812,15 @@ def _cli_bench(args) -> int:
                   split_seeds=tuple(args.split_seeds or base['split_seeds']), seeds=tuple(args.seeds or base['seeds']))
     if args.estimate:
         print(f"full design ({len(plan_jobs(**DESIGNS['full']))} jobs) at the job times measured in {args.out}:")
-        print(budget_text(estimate_budget(args.out))); return 0
+        est = estimate_budget(args.out); print(budget_text(est))
+        print(f"that is job time; with --workers N on N cores (one thread a unit) the wall time is about {est['hours']:.1f} h / N"); return 0
     if not args.report_only:
         name = 'quick' if args.quick else 'full' if design == {**DESIGNS['full'], 'methods': list(STUDY_METHODS)} else 'custom'
         print(f"{name} design: {len(plan_jobs(**design))} jobs "
               f"({len(design['settings'])} setting(s) x {len(design['split_seeds'])} split seeds x {len(design['seeds'])} classifier seeds)")
         bench(args.out, **design, finetune_steps=args.finetune_steps, multiplier=args.multiplier, epochs=args.epochs,
               test_limit=args.test_limit, classifier=TINY_BACKBONES[args.backbone] if args.backbone else None, keep_weights=args.keep_weights,
-              progress=not args.quiet)
+              workers=args.workers, progress=not args.quiet)
         if args.sweep: strength_sweep(args.out)
         try: print(f"estimate for the full design at these job times:\n{budget_text(estimate_budget(args.out))}")
         except ValueError: pass
@@ -823,5 +851,6 @@ def cli_register(sub):
     b.add_argument('--estimate', action='store_true', help="print the full design's time from the job times measured in --out, run nothing")
     b.add_argument('--report', default=None, help='write tiny_study.json/.md here'); b.add_argument('--images', default=None)
     b.add_argument('--from-json', default=None, help='re-render the report and figures from a committed tiny_study.json')
+    b.add_argument('--workers', type=int, default=1, help='(setting, split) units run at once, one process each (2 on a 2-core machine)')
     b.add_argument('--keep-weights', action='store_true', help='keep every classifier\'s weights (about 90 MB a run); by default only results.json stays')
     b.add_argument('--report-only', action='store_true'); b.add_argument('--quiet', action='store_true'); b.set_defaults(func=_cli_bench)

@@ -104,3 +104,15 @@ def test_score_folder_caches_beside_the_manifest(tmp_path):
     assert score_folder(tmp_path, oracle) == first                       # no image read
     (tmp_path/'manifest.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows[:2]))
     with pytest.raises(FileNotFoundError): score_folder(tmp_path, oracle)  # a changed manifest is scored again, never served stale
+
+
+def test_bench_workers_run_units_side_by_side(tmp_path):
+    "Two (setting, split) units in two processes: every job once, the same folders as one process, nothing redone after."
+    from diffmix_nb.study import bench
+    kw = dict(settings=('5shot',), methods=['original'], split_seeds=(0, 1), seeds=(0,), epochs=1, test_limit=50, classifier=dict(img_size=32))
+    log = bench(tmp_path, workers=2, log=lambda *a: None, **kw)
+    assert sorted(r['id'] for r in log) == sorted(['5shot/split0/split/split', '5shot/split1/split/split',
+                                                    '5shot/split0/classifier/original/seed0', '5shot/split1/classifier/original/seed0'])
+    assert all(r['ran'] for r in log) and len((tmp_path/'jobs.jsonl').read_text().splitlines()) == 4
+    assert all((tmp_path/'5shot'/f'split{k}'/'clf'/'original'/'seed0'/'results.json').exists() for k in (0, 1))
+    assert not any(r['ran'] for r in bench(tmp_path, workers=2, log=lambda *a: None, **kw))
