@@ -601,7 +601,7 @@ def save_concepts(trainer: ConceptTrainer, # a trained (or untrained: steps 0) t
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-# %% ../nbs/20_concepts.ipynb #1fb3fd07
+# %% ../nbs/20_concepts.ipynb #f01fd43c
 class ConceptsError(ValueError): "A pipeline or concepts folder that does not match the learned concepts."
 
 @dataclass
@@ -659,9 +659,14 @@ class Concepts:
     def word(self, label: int) -> str:
         "What names class `label` in a prompt: its token, or its name (LoRA-only, plain)."
         c = self[label]; return c.token or prompt_name(c.name)
+    @property
+    def superclass_in_prompt(self) -> bool:
+        "Whether class prompts carry the superclass word (off for DA-Fusion's `a photo of a <class_i>`)."
+        return self.info.get('superclass_in_prompt', True)
+
     def prompt(self, label: int, suffix: str='') -> str:
         "`a photo of a <class_i> {superclass} {suffix}` (class name instead of the token without TI)."
-        return class_prompt(self.word(label), self[label].superclass if self.info.get('superclass_in_prompt', True) else '', suffix)
+        return class_prompt(self.word(label), self[label].superclass if self.superclass_in_prompt else '', suffix)
     def expand(self, prompt: str) -> str:
         "Spell out multi-vector tokens as diffusers pipelines do (`maybe_convert_prompt`), for code that tokenizes itself."
         for c in self.classes:
@@ -704,7 +709,7 @@ class Concepts:
             p = self.prompt(c.label, suffix)
             conv = pipe.maybe_convert_prompt(p, tok) if hasattr(pipe, 'maybe_convert_prompt') else self.expand(p)
             ids = tok(conv, truncation=True, max_length=tok.model_max_length).input_ids
-            words = [w for w in (([c.superclass] if self.info.get('superclass_in_prompt', True) else []) + ([] if c.token else [prompt_name(c.name)])) if w]
+            words = [w for w in (([c.superclass] if self.superclass_in_prompt else []) + ([] if c.token else [prompt_name(c.name)])) if w]
             for w in words:
                 if not contains(ids, tok(w, add_special_tokens=False).input_ids): problems.append(f"{w!r} does not reach the tokens of prompt {p!r}")
             for j, t in enumerate(c.tokens):

@@ -382,7 +382,7 @@ def budget_text(est: dict) -> str:
     lines.append(f"{'total':<11}{est['jobs']:5d} jobs            = {est['hours']:5.2f} h" + (f"  (not measured: {est['unmeasured_kinds']})" if est['unmeasured_kinds'] else ''))
     return '\n'.join(lines)
 
-# %% ../nbs/50_study.ipynb #64dbebfe
+# %% ../nbs/50_study.ipynb #5aa80158
 def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None,
                    intended: str='label', # 'label': the soft label's argmax; 'target': the class translated into (`target_label`)
                   ) -> dict:
@@ -393,8 +393,8 @@ def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None,
     if not len(mr): raise FileNotFoundError(f"{manifest}: no readable image to score ({len(mr.skipped)} row(s) skipped"
                                             + (f", e.g. {mr.skipped[0][0]}: {mr.skipped[0][1]})" if mr.skipped else ')'))
     rows = mr[:limit] if limit else mr
-    ims = [Image.open(r['file']).convert('L') for r in rows]
     if intended == 'target' and any(r.get('target_label') is None for r in rows): raise ValueError(f"{manifest}: rows without target_label cannot be scored by target")
+    ims = [Image.open(r['file']).convert('L') for r in rows]
     want = [int(r['target_label']) if intended == 'target' else int(max(r['soft_label'].items(), key=lambda kv: kv[1])[0]) for r in rows]
     res = score_images(ims, want, oracle)
     res['strength'] = float(np.mean([r['strength'] for r in rows if r.get('strength') is not None])) if any(r.get('strength') is not None for r in rows) else None

@@ -9,7 +9,7 @@ weights (concepts, images), so `diffmix bench` resumes them job by job: `cp -r c
 import json, shutil, sys
 from pathlib import Path
 
-from diffmix_nb.study import job_id, plan_jobs
+from diffmix_nb.study import plan_jobs
 
 LIGHT = ('manifest.jsonl', 'manifest.filtered.jsonl', 'plan.json', 'scores.json')
 
@@ -27,9 +27,8 @@ def carry(src, dst) -> dict:
     src, dst = Path(src), Path(dst); report = {}
     if dst.exists(): shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    for f in ('jobs.jsonl',):
-        if (src/f).exists(): shutil.copy2(src/f, dst/f)
-    for sd in sorted(p for p in src.iterdir() if p.is_dir() and p.name != 'claims'):
+    if (src/'jobs.jsonl').exists(): shutil.copy2(src/'jobs.jsonl', dst/'jobs.jsonl')
+    for sd in sorted(p for p in src.iterdir() if p.is_dir()):
         if (sd/'sweep.json').exists(): (dst/sd.name).mkdir(exist_ok=True); shutil.copy2(sd/'sweep.json', dst/sd.name/'sweep.json')
         for d in sorted(sd.glob('split*')):
             if not (d/'split.json').exists(): continue
