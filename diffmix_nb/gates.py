@@ -111,7 +111,7 @@ def finetune_gates(model=TINY_SD,        # the base-model folder
                 source_acc=float(src.mean()),   # the oracle on the untranslated training images: the ceiling of the keep rate
                 strength=strength, n=n, n_aug=n_aug)
 
-# %% ../nbs/16_gates.ipynb #31992531
+# %% ../nbs/16_gates.ipynb #dd94c018
 def run_gates(model=TINY_SD, split_seeds=(0, 1, 2), work_dir='runs/gates', n_base: int=100, n: int=10, n_aug: int=2,
               steps: int|None=None, out: str|Path|None=None, progress: bool=False) -> dict:
     "Every gate for `model`: base gates once, fine-tuning gates per split seed, pass/fail against `GATE_TARGETS`."
@@ -135,7 +135,7 @@ def run_gates(model=TINY_SD, split_seeds=(0, 1, 2), work_dir='runs/gates', n_bas
 def format_gates(res: dict, baseline: dict|None=None) -> str:
     "The gates as a text table (with a baseline model's figures beside them when given)."
     def row(name, v, target, ok, bv=None):
-        return f"{name:<26}{v:>10}{'' if bv is None else bv:>12}   {target:<12}{'' if ok is None else ('pass' if ok else 'FAIL')}"
+        return f"{name:<26}{v:>10}{'' if bv is None else ' ' + bv:>12}   {target:<12}{'' if ok is None else ('pass' if ok else 'FAIL')}"
     bb = (baseline or {}).get('base', {}); b = res['base']; P = res['pass']
     lines = [f"model {res['model']} (v{res['version']}, {res['unet_steps']} UNet steps)",
              row('gate', 'value', 'target', None, 'baseline' if baseline else None).replace('target      ', 'target      ')]
