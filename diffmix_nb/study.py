@@ -382,7 +382,7 @@ def budget_text(est: dict) -> str:
     lines.append(f"{'total':<11}{est['jobs']:5d} jobs            = {est['hours']:5.2f} h" + (f"  (not measured: {est['unmeasured_kinds']})" if est['unmeasured_kinds'] else ''))
     return '\n'.join(lines)
 
-# %% ../nbs/50_study.ipynb #5aa80158
+# %% ../nbs/50_study.ipynb #d36d9433
 def score_manifest(manifest, oracle: OracleNet|None=None, limit: int|None=None,
                    intended: str='label', # 'label': the soft label's argmax; 'target': the class translated into (`target_label`)
                   ) -> dict:
@@ -442,10 +442,11 @@ def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None
     study = dict(format='diffmix_nb.study/2', created=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), commit=git_commit(short=True),
                  machine=_machine(), versions=versions('torch', 'timm', 'diffusers', 'transformers', 'peft', 'numpy', 'seaborn', 'diffmix_nb'), design=design or {}, settings={})
     for setting in settings:
-        sd = out/setting; runs, synth, ref, splits, cfg = [], {}, {}, {}, None
+        sd = out/setting; runs, synth, ref, splits, cfg, steps = [], {}, {}, {}, None, set()
         for d in sorted(sd.glob('split*')):
             if not (d/'split.json').exists(): continue
             k = int(d.name[5:]); split = Split.load(d/'split.json'); splits[k] = split.hash
+            steps |= {load_json(c).get('steps_done') for c in d.glob('concepts-*/concepts.json')}   # what the concepts really ran
             for m in STUDY_METHODS:
                 for f in sorted((d/'clf'/m).glob('seed*/results.json')):
                     r = load_json(f)
@@ -461,6 +462,7 @@ def collect_study(out_dir: str|Path='runs/bench', settings=SETTINGS, oracle=None
         accuracy = {m: summarize([r for r in runs if r['method'] == m]) for m in dict.fromkeys(r['method'] for r in runs)}
         study['settings'][setting] = dict(runs=runs, accuracy=accuracy, synthetic=_mean_scores(synth), synthetic_per_split=synth,
                                           real=_mean_scores({'real': ref})['real'] if ref else None, splits=splits, classifier=cfg,
+                                          finetune_steps=sorted(x for x in steps if x is not None),
                                           sweep=load_json(sd/'sweep.json') if (sd/'sweep.json').exists() else None)
     if (out/'jobs.jsonl').exists():
         log = [json.loads(l) for l in (out/'jobs.jsonl').read_text().splitlines() if l.strip()]
