@@ -639,7 +639,7 @@ def ranking_agreement(study: dict, setting: str='5shot', published: dict=PUBLISH
     return dict(rho=rho, lo=float(lo), hi=float(hi), methods=ms, units=len(units), tiny={m: float(a) for m, a in zip(ms, A.mean(0))},
                 published={m: pub[m] for m in ms}, source=published['source'])
 
-# %% ../nbs/50_study.ipynb #093176ec
+# %% ../nbs/50_study.ipynb #08952534
 def study_table(study: dict, metric: str='test_acc', digits: int=1) -> str:
     "Markdown table: methods x settings, mean ± std over every (split, classifier seed) unit of `metric` (accuracies in %)."
     sets = list(study['settings']); rows = [f"| method | {' | '.join(sets)} |", '|---' * (len(sets) + 1) + '|']
@@ -763,6 +763,8 @@ def render_report(study: dict|str|Path, report_dir: str|Path='nbs/results', imag
           'Test accuracy (%) at the validation-selected epoch, mean ± std over every (split, classifier seed) unit:', '', study_table(study), '',
           'Paired differences to Original (95 % bootstrap CI over the paired units):', '', differences_table(study)[0], '',
           'Claims:', '', claims_table(study)[0], '', 'Reading:', '', study_reading(study)]
+    steps = {s: v['finetune_steps'] for s, v in study['settings'].items() if v.get('finetune_steps')}
+    if steps: md[1:1] = ['', 'Concepts fine-tuned for ' + ', '.join(f"{'/'.join(map(str, v))} steps ({s})" for s, v in steps.items()) + '.']
     if study['settings'].get('lt', {}).get('accuracy'):
         md += ['', 'Long-tail: test accuracy (%) on many-, medium- and few-shot classes (validation-selected epoch):', '', longtail_table(study)]
     with atomic_write(rd/'tiny_study.md', 'w') as f: f.write('\n'.join(md) + '\n')
