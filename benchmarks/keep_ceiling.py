@@ -15,6 +15,7 @@ training), at each stage of an img2img translation with the base model and the c
     python benchmarks/keep_ceiling.py --json runs/keep_ceiling.json
     python benchmarks/keep_ceiling.py --model path/to/another/tiny-sd --strengths 0.3 0.5 0.7
     python benchmarks/keep_ceiling.py --vae path/to/a/retrained/vae --strengths      # round trip of another VAE only
+    python benchmarks/keep_ceiling.py --guidance-scale 1 --prompt '' --json runs/keep_noprompt.json   # is it the prompt?
 
 `--vae` swaps the VAE of the round-trip row only: a different VAE's latents do not fit the model's UNet, so give no
 strengths with it.
@@ -51,8 +52,10 @@ def roundtrip(vae, ims: list, resolution: int) -> list:
 
 @torch.no_grad()
 def keep_ceiling(model=TINY_SD, per_class: int = 100, strengths=(0.5,), preset: str = 'tiny', batch_size: int = 50,
-                 vae=None) -> dict:
+                 vae=None, guidance_scale: float | None = None,
+                 prompt: str | None = None) -> dict:   # one prompt for every image instead of the class-name prompts
     oracle, g = load_oracle(), get_preset(preset)['generate']
+    gs = g['guidance_scale'] if guidance_scale is None else guidance_scale
     ims, y = held_out_images(per_class)
     hit = lambda outs: (oracle_predict(oracle, to_oracle_input(outs)).argmax(1) == y).float()
     pipe = load_pipeline(str(model), device='cpu'); pipe.set_progress_bar_config(disable=True); side = _resolution(pipe)
@@ -65,14 +68,14 @@ def keep_ceiling(model=TINY_SD, per_class: int = 100, strengths=(0.5,), preset: 
             'resample': hit([im.resize((side, side), Image.BICUBIC).resize(im.size, Image.LANCZOS) for im in ims]),
             'roundtrip': hit(roundtrip(vae or pipe.vae, ims, side))}
     for s in strengths:
-        outs = translate(pipe, ims, [plain.prompt(int(c)) for c in y], s, [derive_seed('keep-ceiling', i) for i in range(len(ims))],
-                         g['num_inference_steps'], g['guidance_scale'], g['scheduler'], batch_size=batch_size)
+        outs = translate(pipe, ims, [plain.prompt(int(c)) if prompt is None else prompt for c in y], s, [derive_seed('keep-ceiling', i) for i in range(len(ims))],
+                         g['num_inference_steps'], gs, g['scheduler'], batch_size=batch_size)
         rows[f'keep@{s}'] = hit(outs)
     right = rows['source'].bool()
     res = {k: float(v.mean()) for k, v in rows.items()}
     res.update({f'{k} | source right': float(v[right].mean()) for k, v in rows.items() if k != 'source'})
     res['per_class'] = {FMNIST_CLASSES[c]: {k: round(float(v[y == c].mean()), 3) for k, v in rows.items()} for c in range(10)}
-    return dict(model=str(model), vae=str(vae_path) if vae_path else None, n=len(ims), strengths=list(strengths), **res)
+    return dict(model=str(model), vae=str(vae_path) if vae_path else None, n=len(ims), strengths=list(strengths), guidance_scale=gs, prompt=prompt, **res)
 
 
 def main():
@@ -80,9 +83,11 @@ def main():
     p.add_argument('--model', default=str(TINY_SD)); p.add_argument('--per-class', type=int, default=100)
     p.add_argument('--strengths', type=float, nargs='*', default=[0.5]); p.add_argument('--json', default=None)
     p.add_argument('--vae', default=None, help='measure the round trip with this VAE folder instead')
+    p.add_argument('--guidance-scale', type=float, default=None, help="classifier-free guidance (default: the tiny preset's)")
+    p.add_argument('--prompt', default=None, help='one prompt for every image (\'\' for none) instead of the class-name prompts')
     a = p.parse_args(); t0 = time.perf_counter()
     if a.vae and a.strengths: p.error('--vae measures the round trip only: pass --strengths with no values')
-    res = keep_ceiling(a.model, a.per_class, a.strengths, vae=a.vae); res['seconds'] = round(time.perf_counter() - t0)
+    res = keep_ceiling(a.model, a.per_class, a.strengths, vae=a.vae, guidance_scale=a.guidance_scale, prompt=a.prompt); res['seconds'] = round(time.perf_counter() - t0)
     w = max(len(k) for k in res if isinstance(res[k], float))
     for k, v in res.items():
         if isinstance(v, float): print(f'{k:<{w}}  {v:.3f}')
