@@ -30,7 +30,7 @@ from PIL import Image
 from diffmix_nb.core import TINY_SD, derive_seed, get_preset
 from diffmix_nb.concepts import Concepts
 from diffmix_nb.data import FMNIST_CLASSES
-from diffmix_nb.diffii import encode_images, decode_latents
+from diffmix_nb.gates import vae_roundtrip
 from diffmix_nb.generate import translate, _resolution
 from diffmix_nb.models import load_pipeline
 from diffmix_nb.study import load_oracle, oracle_predict, to_oracle_input, tiny_split
@@ -45,12 +45,6 @@ def held_out_images(per_class: int) -> tuple[list, torch.Tensor]:
 
 
 @torch.no_grad()
-def roundtrip(vae, ims: list, resolution: int) -> list:
-    "VAE encode + decode at `resolution` (posterior mean), back to each source's size with the filter `translate` uses."
-    return [r.resize(im.size, Image.LANCZOS) for r, im in zip(decode_latents(vae, encode_images(vae, ims, resolution)), ims)]
-
-
-@torch.no_grad()
 def keep_ceiling(model=TINY_SD, per_class: int = 100, strengths=(0.5,), preset: str = 'tiny', batch_size: int = 50,
                  vae=None, guidance_scale: float | None = None,
                  prompt: str | None = None) -> dict:   # one prompt for every image instead of the class-name prompts
@@ -60,13 +54,12 @@ def keep_ceiling(model=TINY_SD, per_class: int = 100, strengths=(0.5,), preset: 
     hit = lambda outs: (oracle_predict(oracle, to_oracle_input(outs)).argmax(1) == y).float()
     pipe = load_pipeline(str(model), device='cpu'); pipe.set_progress_bar_config(disable=True); side = _resolution(pipe)
     plain = Concepts.plain(tiny_split('5shot', seed=0), str(model))   # prompts depend on the class only
-    vae_path = vae
     if vae is not None:
         from diffusers import AutoencoderKL
-        vae = AutoencoderKL.from_pretrained(vae).float().eval()
+        other = AutoencoderKL.from_pretrained(vae).float().eval()
     rows = {'source': hit(ims),
             'resample': hit([im.resize((side, side), Image.BICUBIC).resize(im.size, Image.LANCZOS) for im in ims]),
-            'roundtrip': hit(roundtrip(vae or pipe.vae, ims, side))}
+            'roundtrip': hit(vae_roundtrip(other if vae is not None else pipe.vae, ims, side))}
     for s in strengths:
         outs = translate(pipe, ims, [plain.prompt(int(c)) if prompt is None else prompt for c in y], s, [derive_seed('keep-ceiling', i) for i in range(len(ims))],
                          g['num_inference_steps'], gs, g['scheduler'], batch_size=batch_size)
@@ -75,7 +68,7 @@ def keep_ceiling(model=TINY_SD, per_class: int = 100, strengths=(0.5,), preset: 
     res = {k: float(v.mean()) for k, v in rows.items()}
     res.update({f'{k} | source right': float(v[right].mean()) for k, v in rows.items() if k != 'source'})
     res['per_class'] = {FMNIST_CLASSES[c]: {k: round(float(v[y == c].mean()), 3) for k, v in rows.items()} for c in range(10)}
-    return dict(model=str(model), vae=str(vae_path) if vae_path else None, n=len(ims), strengths=list(strengths), guidance_scale=gs, prompt=prompt, **res)
+    return dict(model=str(model), vae=str(vae) if vae is not None else None, n=len(ims), strengths=list(strengths), guidance_scale=gs, prompt=prompt, **res)
 
 
 def main():

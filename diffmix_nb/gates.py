@@ -20,8 +20,8 @@ from .data import FMNIST_SUPERCLASS
 from .study import load_oracle, oracle_predict, to_oracle_input, tiny_split, bootstrap_ci, _machine
 
 # %% auto #0
-__all__ = ['COARSE', 'GATE_TARGETS', 'frechet_distance', 'base_gates', 'finetune_gates', 'run_gates', 'pool_gates',
-           'format_gates', 'cli_register']
+__all__ = ['COARSE', 'GATE_TARGETS', 'frechet_distance', 'base_gates', 'vae_roundtrip', 'finetune_gates', 'run_gates',
+           'pool_gates', 'format_gates', 'cli_register']
 
 # %% ../nbs/16_gates.ipynb #b5d9fe47
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -73,7 +73,13 @@ def base_gates(model=TINY_SD,            # a base-model folder or a loaded SD pi
                channel_spread=float(np.mean(spread)))
     return out
 
-# %% ../nbs/16_gates.ipynb #c1c8b382
+# %% ../nbs/16_gates.ipynb #e9b2dabf
+@torch.no_grad()
+def vae_roundtrip(vae, images: list, resolution: int) -> list:
+    "Encode + decode `images` at `resolution` (posterior mean, no denoising), back at each source's size with the filter `translate` uses."
+    from diffmix_nb.diffii import encode_images, decode_latents
+    return [r.resize(im.size, Image.LANCZOS) for r, im in zip(decode_latents(vae, encode_images(vae, images, resolution)), images)]
+
 def finetune_gates(model=TINY_SD,        # the base-model folder
                    split_seed: int=0,
                    work_dir='runs/gates', # concepts are written (and resumed) under `work_dir/seed{split_seed}`
@@ -84,7 +90,6 @@ def finetune_gates(model=TINY_SD,        # the base-model folder
     "Diff-Gen class agreement after 5-shot TI+LoRA and Real-Guidance faithfulness at `strength`, on one split seed."
     from diffmix_nb.concepts import learn_concepts, Concepts
     from diffmix_nb.generate import text_to_image, translate, _resolution
-    from diffmix_nb.diffii import encode_images, decode_latents
     oracle = oracle or load_oracle(); g = get_preset(preset)['generate']
     split = tiny_split('5shot', seed=split_seed); C = split.num_classes
     t0 = time.perf_counter()
@@ -106,19 +111,17 @@ def finetune_gates(model=TINY_SD,        # the base-model folder
     keep = (oracle_predict(oracle, to_oracle_input(outs)).argmax(1) == y).float()
     srcs, ys = [split.load_image(it) for it in split.train_items], torch.tensor([it.label for it in split.train_items])
     src = (oracle_predict(oracle, to_oracle_input(srcs)).argmax(1) == ys).float()
-    # encode + decode, no denoising; back to the source size with the filter `translate` uses, so only the VAE differs
-    rt = [r.resize(im.size, Image.LANCZOS) for r, im in zip(decode_latents(base.vae, encode_images(base.vae, srcs, _resolution(base))), srcs)]
-    vae = (oracle_predict(oracle, to_oracle_input(rt)).argmax(1) == ys).float()
+    vae = (oracle_predict(oracle, to_oracle_input(vae_roundtrip(base.vae, srcs, _resolution(base)))).argmax(1) == ys).float()
     dg_hits = (pred == torch.arange(C)[:, None]).flatten().int().tolist()   # balanced classes: their mean is the agreement
-    rg_src = keep.view(-1, n_aug).mean(1).tolist()                         # per source image: its variants share it
+    per_src = keep.view(-1, n_aug); src_keep = per_src.mean(1).tolist()   # per source image: its variants share it
     ci = lambda v: [round(bootstrap_ci(v)[k], 3) for k in ('lo', 'hi')]
     return dict(split_seed=split_seed, steps=load_json(Path(cdir)/'concepts.json').get('steps_done'), finetune_s=round(t_ft, 1),
                 diffgen_agree=float(per_class.mean()), diffgen_per_class=[round(float(v), 3) for v in per_class],
                 diffgen_ci=ci(dg_hits), diffgen_hits=dg_hits,
                 realaug_keep=float(keep.mean()), realaug_per_class=[round(float(keep[y == c].mean()), 3) for c in range(C)],
-                realaug_ci=ci(rg_src), realaug_source_keep=rg_src,
+                realaug_ci=ci(src_keep), realaug_source_keep=src_keep,
                 source_acc=float(src.mean()),   # the oracle on the untranslated training images: the ceiling of the keep rate
-                keep_source_right=float(keep.view(-1, n_aug)[src.bool()].mean()),   # the keep rate without the oracle's own misses
+                keep_source_right=float(per_src[src.bool()].mean()),   # the keep rate without the oracle's own misses
                 vae_keep=float(vae.mean()),     # the oracle on their VAE round trips: what the latent carries, before denoising
                 vae_per_class=[round(float(vae[ys == c].mean()), 3) for c in range(C)],
                 strength=strength, n=n, n_aug=n_aug)
