@@ -84,7 +84,7 @@ class NewTokenEmbedding(torch.nn.Module):
         emb.weight.data[self.start:self.start + len(self.rows)] = self.rows.data.to(emb.weight.dtype)
         return emb
 
-# %% ../nbs/20_concepts.ipynb #a8304894
+# %% ../nbs/20_concepts.ipynb #888cc4eb
 def _option(default, help: str, **kw):
     "A `FinetuneConfig` field: its default, and the help text (and `choices`) of the command-line flag made from it."
     return field(default=default, metadata=dict(help=help, **kw))
@@ -93,7 +93,7 @@ def _option(default, help: str, **kw):
 class FinetuneConfig:
     "Hyper-parameters of concept learning (TI + LoRA): the one place the fine-tuning options are declared."
     mode: str = _option('ti+lora', 'ti+lora, ti (textual inversion only), lora (LoRA only, class names in prompts) or da-fusion', choices=MODES)
-    steps: int = _option(300, 'optimiser steps')
+    steps: int = _option(600, 'optimiser steps')
     batch_size: int = _option(16, 'images per step and process')
     resolution: int = _option(32, 'training crop side in pixels')
     lr_lora: float = _option(1e-3, 'AdamW learning rate of the LoRA parameters')

@@ -23,7 +23,7 @@ __all__ = ['PACKAGE_DIR', 'ASSETS_DIR', 'TINY_SD', 'TINY_IP2P', 'TINY_BACKBONES'
            'accelerator', 'n_params', 'check_options', 'versions', 'git_commit', 'git_dirty', 'optim_path',
            'save_checkpoint', 'load_checkpoint', 'UsageError', 'BadInputError', 'load_method_plugins']
 
-# %% ../nbs/00_core.ipynb #ca8e5d5e
+# %% ../nbs/00_core.ipynb #1a520a83
 PACKAGE_DIR = Path(__file__).parent if '__file__' in globals() else Path('../diffmix_nb').resolve()
 ASSETS_DIR = PACKAGE_DIR/'assets'
 TINY_SD = ASSETS_DIR/'tiny-sd'          # the shipped miniature text-to-image model (diffusers folder)
@@ -38,7 +38,7 @@ TINY_BACKBONE = 'resnet18'   # the default: at the tiny budget the pretrained Ef
 PRESETS: dict[str, dict] = {
     'tiny': dict(
         base_model=str(TINY_SD), edit_model=str(TINY_IP2P), resolution=32, dataset='fashion_mnist',
-        finetune=dict(mode='ti+lora', steps=300, batch_size=16, lr_lora=1e-3, lr_ti=5e-3, rank=10, alpha=10,
+        finetune=dict(mode='ti+lora', steps=600, batch_size=16, lr_lora=1e-3, lr_ti=5e-3, rank=10, alpha=10,
                       init_token='ktn', weight_decay=1e-2, max_grad_norm=1.0, checkpoint_every=100,
                       mixed_precision='no', cache_latents=True),
         generate=dict(num_inference_steps=25, guidance_scale=7.5, strength=0.7, multiplier=5, batch_size=32,

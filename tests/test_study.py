@@ -64,6 +64,15 @@ def test_committed_study_renders():
     assert ra is None or -1 <= ra['rho'] <= 1
 
 
+def test_committed_study_ran_at_the_presets_finetune_steps():
+    "The results page and the tiny preset describe the same concepts: the study's recorded steps are the preset's."
+    from diffmix_nb.core import get_preset
+    study = json.loads((ROOT/'nbs/results/tiny_study.json').read_text())
+    recorded = {s: st.get('finetune_steps') for s, st in study['settings'].items()}
+    assert all(recorded.values()), f"the study does not record its fine-tuning steps: {recorded}"
+    assert all(v == [get_preset('tiny')['finetune']['steps']] for v in recorded.values()), recorded
+
+
 def test_cli_estimate(tmp_path, capsys):
     rows = [dict(kind=k, setting='5shot', seconds=s, ran=True) for k, s in (('split', 1), ('concepts', 50), ('generate', 30), ('classifier', 20))]
     (tmp_path/'jobs.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
